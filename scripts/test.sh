@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs llmc with its test tools and runs every check CI runs: lint, format, types, the C tests
+# and pytest. Usage: ./scripts/test.sh [extra pytest arguments]
+# On a GPU machine, `./scripts/test.sh -m gpu` runs the GPU suite instead of the CPU one.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+BUILD_DIR=${LLMC_BUILD_DIR:-build/cmake}
+
+echo "== install (torch CPU build for the reference model, the package and its test tools)"
+# pin torch: a bare 'torch' would pull the newest CUDA build (several GB) on a CPU-only machine
+"$PYTHON" -c "import torch" 2>/dev/null || "$PYTHON" -m pip install -q "torch==2.13.0"
+"$PYTHON" -m pip install -q ".[test]"
+
+echo "== ruff, ruff format, mypy"
+"$PYTHON" -m ruff check .
+"$PYTHON" -m ruff format --check .
+"$PYTHON" -m mypy
+
+echo "== C build and C tests (${BUILD_DIR})"
+cmake -S . -B "$BUILD_DIR" -G Ninja -DLLMC_BUILD_PYTHON=OFF >/dev/null
+cmake --build "$BUILD_DIR"
+"$BUILD_DIR/test_matmul"
+
+echo "== pytest"
+export LLMC_BUILD_DIR="$PWD/$BUILD_DIR"
+"$PYTHON" -m pytest -q "$@"
