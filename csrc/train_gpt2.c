@@ -1,0 +1,684 @@
+/*
+train_gpt2: GPT-2 training on the CPU in fp32 with the reference engine (llmc/gpt2_cpu.h).
+
+The CPU trainer is for small runs, tests and for checking the CUDA trainer's numbers: the same
+flags as llm.c's trainers, the same files (token shards, model checkpoints, tokenizer), the same
+schedule and AdamW. It runs one process; -pn/-pr only choose which part of the data this process
+reads (see llmc/dataloader.h), which lets a data-parallel launch be tested without GPUs.
+
+One step: zero the gradients; for each of the grad_accum micro-batches of B x T tokens run forward
+and backward with loss scale 1/grad_accum (so the gradients are those of the mean loss over the
+total batch); clip by the global gradient norm; one AdamW update with the scheduled learning rate.
+grad_accum = total batch size (-d) / (B * T * processes).
+
+Model (-e): a descriptor d6, d12, d24, ... (random GPT-2 init from -seed) or a model .bin file
+(fp32 or bf16). Default: gpt2_124M.bin when that file is in the working directory (the llm.c
+fine-tuning setup), else d12 from scratch.
+Tokenizer (-tk): default gpt2_tokenizer.bin in the directory of the first training shard; without
+one, samples are skipped with a note.
+
+    ./train_gpt2 -i "data/train_*.bin" -j "data/val_*.bin" -e d6 -b 4 -t 64 -x 100 -o out
+*/
+#define _POSIX_C_SOURCE 200809L  // clock_gettime, mkdir, stat
+
+#include <errno.h>
+#include <glob.h>
+#include <limits.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#ifdef _OPENMP
+#include <omp.h>  // defines: omp_get_max_threads
+#endif
+
+#include "llmc/dataloader.h"  // defines: DataLoader, dataloader_init, dataloader_next_batch
+#include "llmc/error.h"       // defines: llmc_error, LLMC_OK
+#include "llmc/gpt2_cpu.h"    // defines: GPT2, gpt2_build_*, gpt2_forward/backward/update
+#include "llmc/rand.h"        // defines: Rng, rng_init, rng_uniform
+#include "llmc/tokenizer.h"   // defines: Tokenizer, tokenizer_init, tokenizer_print
+
+#define DEFAULT_TRAIN_PATTERN "dev/data/tinyshakespeare/tiny_shakespeare_train.bin"
+#define DEFAULT_VAL_PATTERN "dev/data/tinyshakespeare/tiny_shakespeare_val.bin"
+#define DEFAULT_MODEL_FILE "gpt2_124M.bin"
+#define DEFAULT_MODEL_DESCRIPTOR "d12"
+#define DEFAULT_TOKENIZER_NAME "gpt2_tokenizer.bin"
+#define LOG_FILE_NAME "main.log"
+#define DEFAULT_GEN_T 64
+#define WSD_DECAY_FRACTION 0.2f  // wsd: the last 20% of the steps decay the learning rate
+#define MAX_BATCH 65536          // anything larger than these is a typo, not a CPU run
+#define MAX_SEQ_LEN 1048576
+#define MAX_GRAD_ACCUM 1048576
+#define PI 3.14159265358979323846
+
+// ---------------------------------------------------------------------------------------------
+// settings and flags
+
+typedef struct {
+    const char* train_pattern;
+    const char* val_pattern;
+    int val_pattern_given;  // an explicit -j must match; the default may be absent
+    const char* init;
+    const char* output_dir;
+    int B;
+    int T;
+    long long total_batch_size;  // tokens per step over all processes; -1: B * T * processes
+    int max_steps;               // -1: one epoch of the training data
+    float learning_rate;
+    int warmup_steps;
+    float final_lr_frac;
+    const char* schedule;
+    float weight_decay;
+    int val_every;
+    int val_max_batches;  // -1: the whole validation set
+    int sample_every;
+    int gen_T;  // -1: DEFAULT_GEN_T or T if that is smaller
+    int checkpoint_every;
+    const char* tokenizer_path;
+    unsigned long long seed;
+    float grad_clip;  // 0: no clipping
+    int process_rank;
+    int num_processes;
+    int shuffle;
+} Settings;
+
+static void print_usage(FILE* out) {
+    fprintf(out,
+            "usage: train_gpt2 [-flag value]...\n"
+            "  -i <pattern>  training token shards (glob)      default " DEFAULT_TRAIN_PATTERN "\n"
+            "  -j <pattern>  validation token shards (glob)    default " DEFAULT_VAL_PATTERN
+            " (skipped if absent)\n"
+            "  -e <init>     model .bin file or descriptor d6/d12/d24/...\n"
+            "                default " DEFAULT_MODEL_FILE
+            " if present, else " DEFAULT_MODEL_DESCRIPTOR "\n"
+            "  -o <dir>      output directory for checkpoints model_%%08d.bin and " LOG_FILE_NAME
+            " (default: none)\n"
+            "  -b <int>      micro-batch size B (default 4)\n"
+            "  -t <int>      sequence length T (default 64, at most the model's maxT)\n"
+            "  -d <int>      total batch size in tokens, a multiple of B*T*pn (default B*T*pn)\n"
+            "  -x <int>      max steps (default -1: one epoch)\n"
+            "  -l <float>    learning rate (default 3e-4)\n"
+            "  -u <int>      warmup steps (default 0)\n"
+            "  -q <float>    final learning rate as a fraction of -l, in [0, 1] (default 1.0)\n"
+            "  -k <name>     schedule: cosine, linear, constant, wsd (default cosine)\n"
+            "  -c <float>    weight decay (default 0.0)\n"
+            "  -v <int>      validation every N steps, 0: never (default 20)\n"
+            "  -m <int>      validation batches, -1: all (default 20)\n"
+            "  -s <int>      sample every N steps, 0: only at the end (default 20)\n"
+            "  -g <int>      sample length in tokens, at most T (default 64, or T if smaller)\n"
+            "  -n <int>      checkpoint every N steps, 0: only at the end (default 0)\n"
+            "  -tk <path>    tokenizer .bin (default " DEFAULT_TOKENIZER_NAME
+            " next to the training data)\n"
+            "  -seed <int>   seed for the init, shuffling and sampling (default 1337)\n"
+            "  -gc <float>   clip the global gradient norm to this, 0: no clipping (default 1.0)\n"
+            "  -sh <0|1>     shuffle the training data (default 1)\n"
+            "  -pr <int>     process rank (default 0)\n"
+            "  -pn <int>     number of processes sharing the data (default 1)\n"
+            "  -h            this help\n");
+}
+
+static void flag_error(const char* flag, const char* value, const char* what) {
+    if (value != NULL) {
+        fprintf(stderr, "error: flag %s %s: %s\n", flag, value, what);
+    } else {
+        fprintf(stderr, "error: flag %s: %s\n", flag, what);
+    }
+    print_usage(stderr);
+    exit(1);
+}
+
+static long long parse_integer(const char* flag, const char* value, long long low,
+                               long long high) {
+    char* end = NULL;
+    errno = 0;
+    long long x = strtoll(value, &end, 10);
+    if (value[0] == '\0' || *end != '\0' || errno != 0) flag_error(flag, value, "not an integer");
+    if (x < low || x > high) {
+        char what[128];
+        snprintf(what, sizeof(what), "must be in [%lld, %lld]", low, high);
+        flag_error(flag, value, what);
+    }
+    return x;
+}
+
+static float parse_float(const char* flag, const char* value, double low, double high) {
+    char* end = NULL;
+    errno = 0;
+    double x = strtod(value, &end);
+    if (value[0] == '\0' || *end != '\0' || errno != 0 || !isfinite(x)) {
+        flag_error(flag, value, "not a finite number");
+    }
+    if (x < low || x > high) {
+        char what[128];
+        snprintf(what, sizeof(what), "must be in [%g, %g]", low, high);
+        flag_error(flag, value, what);
+    }
+    return (float)x;
+}
+
+static const char* const FLAGS[] = {"-i", "-j", "-e",  "-o",  "-b",  "-t",    "-d",  "-x",
+                                    "-l", "-u", "-q",  "-k",  "-c",  "-v",    "-m",  "-s",
+                                    "-g", "-n", "-tk", "-gc", "-sh", "-seed", "-pr", "-pn"};
+
+static void parse_flags(Settings* s, int argc, char** argv) {
+    *s = (Settings){
+        .train_pattern = DEFAULT_TRAIN_PATTERN,
+        .val_pattern = DEFAULT_VAL_PATTERN,
+        .init = NULL,
+        .output_dir = NULL,
+        .B = 4,
+        .T = 64,
+        .total_batch_size = -1,
+        .max_steps = -1,
+        .learning_rate = 3e-4f,
+        .warmup_steps = 0,
+        .final_lr_frac = 1.0f,
+        .schedule = "cosine",
+        .weight_decay = 0.0f,
+        .val_every = 20,
+        .val_max_batches = 20,
+        .sample_every = 20,
+        .gen_T = -1,
+        .checkpoint_every = 0,
+        .tokenizer_path = NULL,
+        .seed = 1337,
+        .grad_clip = 1.0f,
+        .process_rank = 0,
+        .num_processes = 1,
+        .shuffle = 1,
+    };
+    for (int i = 1; i < argc; i += 2) {
+        const char* flag = argv[i];
+        if (strcmp(flag, "-h") == 0 || strcmp(flag, "--help") == 0) {
+            print_usage(stdout);
+            exit(0);
+        }
+        if (flag[0] != '-') flag_error(flag, NULL, "expected a flag (-x value pairs)");
+        int known = 0;
+        for (size_t k = 0; k < sizeof(FLAGS) / sizeof(FLAGS[0]); k++) {
+            if (strcmp(flag, FLAGS[k]) == 0) known = 1;
+        }
+        if (!known) flag_error(flag, NULL, "unknown flag");
+        if (i + 1 >= argc) flag_error(flag, NULL, "missing value");
+        const char* v = argv[i + 1];
+        if (strcmp(flag, "-i") == 0) {
+            s->train_pattern = v;
+        } else if (strcmp(flag, "-j") == 0) {
+            s->val_pattern = v;
+            s->val_pattern_given = 1;
+        } else if (strcmp(flag, "-e") == 0) {
+            s->init = v;
+        } else if (strcmp(flag, "-o") == 0) {
+            s->output_dir = v;
+        } else if (strcmp(flag, "-b") == 0) {
+            s->B = (int)parse_integer(flag, v, 1, MAX_BATCH);
+        } else if (strcmp(flag, "-t") == 0) {
+            s->T = (int)parse_integer(flag, v, 1, MAX_SEQ_LEN);
+        } else if (strcmp(flag, "-d") == 0) {
+            s->total_batch_size = parse_integer(flag, v, -1, (long long)1 << 40);
+            if (s->total_batch_size == 0) flag_error(flag, v, "must be positive (or -1)");
+        } else if (strcmp(flag, "-x") == 0) {
+            s->max_steps = (int)parse_integer(flag, v, -1, INT_MAX - 1);
+            if (s->max_steps == 0) flag_error(flag, v, "must be positive (or -1: one epoch)");
+        } else if (strcmp(flag, "-l") == 0) {
+            s->learning_rate = parse_float(flag, v, 0.0, 10.0);
+        } else if (strcmp(flag, "-u") == 0) {
+            s->warmup_steps = (int)parse_integer(flag, v, 0, INT_MAX - 1);
+        } else if (strcmp(flag, "-q") == 0) {
+            s->final_lr_frac = parse_float(flag, v, 0.0, 1.0);
+        } else if (strcmp(flag, "-k") == 0) {
+            if (strcmp(v, "cosine") != 0 && strcmp(v, "linear") != 0 &&
+                strcmp(v, "constant") != 0 && strcmp(v, "wsd") != 0) {
+                flag_error(flag, v, "unknown schedule (cosine, linear, constant, wsd)");
+            }
+            s->schedule = v;
+        } else if (strcmp(flag, "-c") == 0) {
+            s->weight_decay = parse_float(flag, v, 0.0, 10.0);
+        } else if (strcmp(flag, "-v") == 0) {
+            s->val_every = (int)parse_integer(flag, v, 0, INT_MAX);
+        } else if (strcmp(flag, "-m") == 0) {
+            s->val_max_batches = (int)parse_integer(flag, v, -1, INT_MAX);
+            if (s->val_max_batches == 0) flag_error(flag, v, "must be positive (or -1: all)");
+        } else if (strcmp(flag, "-s") == 0) {
+            s->sample_every = (int)parse_integer(flag, v, 0, INT_MAX);
+        } else if (strcmp(flag, "-g") == 0) {
+            s->gen_T = (int)parse_integer(flag, v, 1, MAX_SEQ_LEN);
+        } else if (strcmp(flag, "-n") == 0) {
+            s->checkpoint_every = (int)parse_integer(flag, v, 0, INT_MAX);
+        } else if (strcmp(flag, "-tk") == 0) {
+            s->tokenizer_path = v;
+        } else if (strcmp(flag, "-seed") == 0) {
+            char* end = NULL;
+            errno = 0;
+            s->seed = strtoull(v, &end, 10);
+            if (v[0] == '\0' || v[0] == '-' || *end != '\0' || errno != 0) {
+                flag_error(flag, v, "not a non-negative integer");
+            }
+        } else if (strcmp(flag, "-gc") == 0) {
+            s->grad_clip = parse_float(flag, v, 0.0, 1e30);
+        } else if (strcmp(flag, "-sh") == 0) {
+            s->shuffle = (int)parse_integer(flag, v, 0, 1);
+        } else if (strcmp(flag, "-pr") == 0) {
+            s->process_rank = (int)parse_integer(flag, v, 0, 65535);
+        } else if (strcmp(flag, "-pn") == 0) {
+            s->num_processes = (int)parse_integer(flag, v, 1, 65536);
+        } else {
+            flag_error(flag, NULL, "unknown flag");
+        }
+    }
+    if (s->process_rank >= s->num_processes) {
+        char value[32];
+        snprintf(value, sizeof(value), "%d", s->process_rank);
+        flag_error("-pr", value, "must be smaller than -pn");
+    }
+    if (s->gen_T == -1) s->gen_T = s->T < DEFAULT_GEN_T ? s->T : DEFAULT_GEN_T;
+    if (s->gen_T > s->T) {
+        char value[32];
+        snprintf(value, sizeof(value), "%d", s->gen_T);
+        flag_error("-g", value, "longer than -t: samples are generated within one context of T");
+    }
+    long long per_micro_step = (long long)s->B * s->T * s->num_processes;
+    if (s->total_batch_size == -1) s->total_batch_size = per_micro_step;
+    if (s->total_batch_size % per_micro_step != 0) {
+        char value[32];
+        snprintf(value, sizeof(value), "%lld", s->total_batch_size);
+        char what[160];
+        snprintf(what, sizeof(what), "not a multiple of B*T*processes = %d*%d*%d = %lld", s->B,
+                 s->T, s->num_processes, per_micro_step);
+        flag_error("-d", value, what);
+    }
+    if (s->total_batch_size / per_micro_step > MAX_GRAD_ACCUM) {
+        char value[32];
+        snprintf(value, sizeof(value), "%lld", s->total_batch_size);
+        flag_error("-d", value, "needs more than 1048576 gradient accumulation steps");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// building blocks: errors, time, the learning rate schedule, sampling
+
+static void die(void) {
+    fprintf(stderr, "error: %s\n", llmc_error());
+    exit(1);
+}
+
+static double now_seconds(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static int file_exists(const char* path) {
+    struct stat st;
+    return stat(path, &st) == 0 && S_ISREG(st.st_mode);
+}
+
+static int pattern_matches(const char* pattern) {
+    glob_t matches;
+    int found = glob(pattern, 0, NULL, &matches) == 0 && matches.gl_pathc > 0;
+    if (found) globfree(&matches);
+    return found;
+}
+
+// Learning rate of step (0-based) out of num_steps: linear warmup from lr/warmup to lr, then the
+// schedule decays towards lr * final_frac at the last step.
+static float learning_rate_at(const Settings* s, int step, int num_steps) {
+    float lr = s->learning_rate;
+    float min_lr = lr * s->final_lr_frac;
+    if (step < s->warmup_steps) return lr * (float)(step + 1) / (float)s->warmup_steps;
+    if (strcmp(s->schedule, "constant") == 0) return lr;
+    int decay_steps = num_steps - s->warmup_steps;
+    float progress = decay_steps > 0 ? (float)(step - s->warmup_steps) / (float)decay_steps : 1.0f;
+    if (strcmp(s->schedule, "cosine") == 0) {
+        return min_lr + 0.5f * (1.0f + cosf((float)PI * progress)) * (lr - min_lr);
+    }
+    if (strcmp(s->schedule, "linear") == 0) return lr - progress * (lr - min_lr);
+    // wsd: warmup, stable at lr, then a 1 - sqrt decay over the last WSD_DECAY_FRACTION of steps
+    int decay_start = (int)((1.0f - WSD_DECAY_FRACTION) * (float)num_steps);
+    if (decay_start < s->warmup_steps) decay_start = s->warmup_steps;
+    if (step < decay_start) return lr;
+    int decay_length = num_steps - decay_start;
+    float p = decay_length > 0 ? (float)(step - decay_start) / (float)decay_length : 1.0f;
+    return min_lr + (1.0f - sqrtf(p)) * (lr - min_lr);
+}
+
+// Draws a token from softmax(logits[0..V)) at temperature 1.
+static int sample_token(const float* logits, int V, Rng* rng) {
+    float max_logit = logits[0];
+    for (int i = 1; i < V; i++) {
+        if (logits[i] > max_logit) max_logit = logits[i];
+    }
+    double total = 0.0;
+    for (int i = 0; i < V; i++) total += exp((double)(logits[i] - max_logit));
+    double threshold = rng_uniform(rng) * total;
+    double cumulative = 0.0;
+    for (int i = 0; i < V; i++) {
+        cumulative += exp((double)(logits[i] - max_logit));
+        if (threshold < cumulative) return i;
+    }
+    return V - 1;  // rounding left threshold just above the sum
+}
+
+// Generates gen_T - 1 tokens after an EOT, one forward pass over a (1, T) context per token, and
+// prints them. tokens: (T) scratch.
+static void generate_sample(GPT2* model, const Tokenizer* tokenizer, Rng* rng, int* tokens, int T,
+                            int gen_T) {
+    int V = model->config.vocab_size, Vp = model->config.padded_vocab_size;
+    for (int i = 0; i < T; i++) tokens[i] = (int)tokenizer->eot_token;
+    for (int t = 1; t < gen_T; t++) {
+        if (gpt2_forward(model, tokens, NULL, 1, T) != LLMC_OK) die();
+        tokens[t] = sample_token(model->acts.logits + (size_t)(t - 1) * Vp, V, rng);
+    }
+    printf("generating:\n---\n");
+    if (tokenizer_print(tokenizer, stdout, tokens + 1, (size_t)(gen_T - 1)) != LLMC_OK) die();
+    printf("\n---\n");
+    fflush(stdout);
+}
+
+static float validation_loss(GPT2* model, DataLoader* loader, int num_batches, int B, int T) {
+    dataloader_reset(loader);
+    double sum = 0.0;
+    for (int i = 0; i < num_batches; i++) {
+        if (dataloader_next_batch(loader) != LLMC_OK) die();
+        if (gpt2_forward(model, loader->inputs, loader->targets, B, T) != LLMC_OK) die();
+        sum += model->mean_loss;
+    }
+    return (float)(sum / num_batches);
+}
+
+// ---------------------------------------------------------------------------------------------
+// output: directory, log, checkpoints, the settings table
+
+static void make_output_dir(const char* dir) {
+    if (mkdir(dir, 0755) != 0 && errno != EEXIST) {
+        fprintf(stderr, "error: %s: cannot create the output directory: %s\n", dir,
+                strerror(errno));
+        exit(1);
+    }
+    struct stat st;
+    if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode)) {
+        fprintf(stderr, "error: %s: the output path exists and is not a directory\n", dir);
+        exit(1);
+    }
+}
+
+static void save_checkpoint(const GPT2* model, const char* dir, int step, FILE* log) {
+    char path[4096];
+    if (snprintf(path, sizeof(path), "%s/model_%08d.bin", dir, step) >= (int)sizeof(path)) {
+        fprintf(stderr, "error: %s: output directory path too long\n", dir);
+        exit(1);
+    }
+    if (gpt2_save_checkpoint(model, path, GPT2_MODEL_VERSION_FP32) != LLMC_OK) die();
+    printf("saved checkpoint %s\n", path);
+    if (log != NULL) {
+        fprintf(log, "s:%d checkpoint:%s\n", step, path);
+        fflush(log);
+    }
+}
+
+// Prints one "| name | value |" row to stdout and, as "# name value", to the log.
+static void table_row(FILE* log, const char* name, const char* fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void table_row(FILE* log, const char* name, const char* fmt, ...) {
+    char value[512];
+    va_list args;
+    va_start(args, fmt);
+    vsnprintf(value, sizeof(value), fmt, args);
+    va_end(args);
+    printf("| %-24s | %-48s |\n", name, value);
+    if (log != NULL) fprintf(log, "# %s %s\n", name, value);
+}
+
+// ---------------------------------------------------------------------------------------------
+// main
+
+int main(int argc, char** argv) {
+    Settings s;
+    parse_flags(&s, argc, argv);
+
+    // the model
+    const char* init = s.init;
+    const char* init_note = "";
+    if (init == NULL) {
+        int have_file = file_exists(DEFAULT_MODEL_FILE);
+        init = have_file ? DEFAULT_MODEL_FILE : DEFAULT_MODEL_DESCRIPTOR;
+        init_note =
+            have_file ? " (default)" : " (default: no " DEFAULT_MODEL_FILE ", from scratch)";
+    }
+    GPT2 model;
+    int depth = 0;
+    char trailing;
+    if (sscanf(init, "d%d%c", &depth, &trailing) == 1) {
+        GPT2Config config;
+        if (gpt2_config_from_descriptor(&config, init) != LLMC_OK) die();
+        if (gpt2_build_from_config(&model, &config, s.seed) != LLMC_OK) die();
+    } else if (gpt2_build_from_checkpoint(&model, init) != LLMC_OK) {
+        die();
+    }
+    const GPT2Config* cfg = &model.config;
+    if (s.T > cfg->max_seq_len) {
+        char value[32];
+        snprintf(value, sizeof(value), "%d", s.T);
+        char what[160];
+        snprintf(what, sizeof(what), "longer than the model's maximum sequence length %d (%s)",
+                 cfg->max_seq_len, init);
+        flag_error("-t", value, what);
+    }
+
+    // the data
+    DataLoader train_loader, val_loader;
+    if (dataloader_init(&train_loader, s.train_pattern, (size_t)s.B, (size_t)s.T, s.process_rank,
+                        s.num_processes, s.shuffle, s.seed) != LLMC_OK) {
+        die();
+    }
+    dataloader_set_vocab_limit(&train_loader, cfg->vocab_size);
+    int use_val = 0;
+    const char* val_note = "";
+    if (s.val_every > 0) {
+        if (!s.val_pattern_given && !pattern_matches(s.val_pattern)) {
+            val_note = " (default not found: no validation)";
+        } else {
+            if (dataloader_init(&val_loader, s.val_pattern, (size_t)s.B, (size_t)s.T,
+                                s.process_rank, s.num_processes, 0, 0) != LLMC_OK) {
+                die();
+            }
+            use_val = 1;
+            dataloader_set_vocab_limit(&val_loader, cfg->vocab_size);
+        }
+    }
+    int val_num_batches = 0;
+    if (use_val) {
+        size_t available = dataloader_batches_per_epoch(&val_loader);
+        val_num_batches = s.val_max_batches < 0 || (size_t)s.val_max_batches > available
+                              ? (int)(available < INT_MAX ? available : INT_MAX)
+                              : s.val_max_batches;
+    }
+    int grad_accum = (int)(s.total_batch_size / ((long long)s.B * s.T * s.num_processes));
+    int num_steps = s.max_steps;
+    if (num_steps == -1) {
+        size_t epoch_steps = dataloader_batches_per_epoch(&train_loader) / (size_t)grad_accum;
+        num_steps = epoch_steps == 0 ? 1 : (epoch_steps < INT_MAX ? (int)epoch_steps : INT_MAX - 1);
+    }
+
+    // the tokenizer, for samples
+    Tokenizer tokenizer;
+    int use_tokenizer = 0;
+    char tokenizer_path[4096];
+    const char* tokenizer_note = "";
+    if (s.tokenizer_path != NULL) {
+        if (tokenizer_init(&tokenizer, s.tokenizer_path) != LLMC_OK) die();
+        snprintf(tokenizer_path, sizeof(tokenizer_path), "%s", s.tokenizer_path);
+        use_tokenizer = 1;
+    } else {
+        const char* first_shard = train_loader.shard_paths[0];
+        const char* slash = strrchr(first_shard, '/');
+        int dir_length = slash == NULL ? 0 : (int)(slash - first_shard + 1);
+        snprintf(tokenizer_path, sizeof(tokenizer_path), "%.*s%s", dir_length, first_shard,
+                 DEFAULT_TOKENIZER_NAME);
+        if (file_exists(tokenizer_path)) {
+            if (tokenizer_init(&tokenizer, tokenizer_path) != LLMC_OK) die();
+            use_tokenizer = 1;
+        } else {
+            tokenizer_note = " (not found: no samples)";
+        }
+    }
+    if (use_tokenizer && (tokenizer.vocab_size < (uint32_t)cfg->vocab_size ||
+                          tokenizer.eot_token >= (uint32_t)cfg->vocab_size)) {
+        tokenizer_note = " (does not cover the model's vocabulary: no samples)";
+        tokenizer_free(&tokenizer);
+        use_tokenizer = 0;
+    }
+
+    // the log
+    FILE* log = NULL;
+    if (s.output_dir != NULL) {
+        make_output_dir(s.output_dir);
+        char log_path[4096];
+        snprintf(log_path, sizeof(log_path), "%s/%s", s.output_dir, LOG_FILE_NAME);
+        log = fopen(log_path, "w");
+        if (log == NULL) {
+            fprintf(stderr, "error: %s: cannot open the log file: %s\n", log_path,
+                    strerror(errno));
+            exit(1);
+        }
+    }
+
+    int threads = 1;
+#ifdef _OPENMP
+    threads = omp_get_max_threads();
+#endif
+    printf("+--------------------------+--------------------------------------------------+\n");
+    table_row(log, "train data", "%s", s.train_pattern);
+    table_row(log, "train shards / tokens", "%zu / %zu", train_loader.num_shards,
+              train_loader.num_tokens);
+    table_row(log, "val data", "%s%s", use_val ? s.val_pattern : "-",
+              s.val_every == 0 ? " (-v 0)" : val_note);
+    if (use_val) {
+        table_row(log, "val shards / tokens", "%zu / %zu", val_loader.num_shards,
+                  val_loader.num_tokens);
+    }
+    table_row(log, "model", "%s%s", init, init_note);
+    table_row(log, "max seq len (maxT)", "%d", cfg->max_seq_len);
+    table_row(log, "vocab size (V / Vp)", "%d / %d", cfg->vocab_size, cfg->padded_vocab_size);
+    table_row(log, "layers / heads / channels", "%d / %d / %d", cfg->num_layers, cfg->num_heads,
+              cfg->channels);
+    table_row(log, "parameters", "%zu", model.num_parameters);
+    table_row(log, "output dir", "%s", s.output_dir ? s.output_dir : "- (no checkpoints)");
+    table_row(log, "micro batch B", "%d", s.B);
+    table_row(log, "sequence length T", "%d", s.T);
+    table_row(log, "total batch size (tokens)", "%lld", s.total_batch_size);
+    table_row(log, "grad accumulation steps", "%d", grad_accum);
+    table_row(log, "steps", "%d%s", num_steps, s.max_steps == -1 ? " (one epoch)" : "");
+    table_row(log, "learning rate", "%g", s.learning_rate);
+    table_row(log, "schedule", "%s", s.schedule);
+    table_row(log, "warmup steps", "%d", s.warmup_steps);
+    table_row(log, "final lr fraction", "%g", s.final_lr_frac);
+    table_row(log, "weight decay", "%g", s.weight_decay);
+    table_row(log, "grad clip", "%g%s", s.grad_clip, s.grad_clip == 0.0f ? " (off)" : "");
+    table_row(log, "val every / batches", "%d / %d", s.val_every, val_num_batches);
+    table_row(log, "sample every / length", "%d / %d", s.sample_every, s.gen_T);
+    table_row(log, "checkpoint every", "%d", s.checkpoint_every);
+    table_row(log, "tokenizer", "%s%s", tokenizer_path, tokenizer_note);
+    table_row(log, "seed", "%llu", s.seed);
+    table_row(log, "shuffle", "%d", s.shuffle);
+    table_row(log, "process rank / processes", "%d / %d", s.process_rank, s.num_processes);
+    table_row(log, "threads", "%d", threads);
+    printf("+--------------------------+--------------------------------------------------+\n");
+    if (log != NULL) fflush(log);
+    fflush(stdout);
+
+    // ------------------------------------------------------------------------------------------
+    // training
+    Rng sample_rng;
+    rng_init(&sample_rng, s.seed);
+    int* gen_tokens = (int*)malloc((size_t)s.T * sizeof(int));
+    if (gen_tokens == NULL) {
+        fprintf(stderr, "error: out of memory\n");
+        exit(1);
+    }
+    AdamWSettings adamw = {.learning_rate = s.learning_rate,
+                           .beta1 = 0.9f,
+                           .beta2 = 0.95f,
+                           .eps = 1e-8f,
+                           .weight_decay = s.weight_decay,
+                           .grad_scale = 1.0f};
+    float loss_scale = 1.0f / (float)grad_accum;
+    long long tokens_per_step = (long long)s.B * s.T * grad_accum;
+    double train_seconds = 0.0;
+    double start = now_seconds();
+    int last_checkpoint = -1;
+    for (int step = 0; step <= num_steps; step++) {
+        int last_step = step == num_steps;
+        if (use_val && (step % s.val_every == 0 || last_step)) {
+            float val_loss = validation_loss(&model, &val_loader, val_num_batches, s.B, s.T);
+            printf("val loss %f\n", val_loss);
+            if (log != NULL) {
+                fprintf(log, "s:%d tel:%f\n", step, val_loss);
+                fflush(log);
+            }
+        }
+        if (use_tokenizer && ((s.sample_every > 0 && step > 0 && step % s.sample_every == 0) ||
+                              last_step)) {
+            generate_sample(&model, &tokenizer, &sample_rng, gen_tokens, s.T, s.gen_T);
+        }
+        if (last_step) break;
+
+        double step_start = now_seconds();
+        if (gpt2_zero_grad(&model) != LLMC_OK) die();
+        double loss_sum = 0.0;
+        for (int micro = 0; micro < grad_accum; micro++) {
+            if (dataloader_next_batch(&train_loader) != LLMC_OK) die();
+            if (gpt2_forward(&model, train_loader.inputs, train_loader.targets, s.B, s.T) !=
+                LLMC_OK) {
+                die();
+            }
+            if (gpt2_backward(&model, loss_scale) != LLMC_OK) die();
+            loss_sum += model.mean_loss;
+        }
+        float loss = (float)(loss_sum / grad_accum);
+        float norm = gpt2_grad_norm(&model);
+        float lr = learning_rate_at(&s, step, num_steps);
+        adamw.learning_rate = lr;
+        adamw.grad_scale = s.grad_clip > 0.0f && norm > s.grad_clip ? s.grad_clip / norm : 1.0f;
+        if (isfinite(norm)) {
+            if (gpt2_update(&model, &adamw, step + 1) != LLMC_OK) die();
+        } else {
+            printf("warning: gradient norm is %f at step %d: update skipped\n", norm, step + 1);
+        }
+        double seconds = now_seconds() - step_start;
+        train_seconds += seconds;
+        printf("step %5d/%d | loss %.6f | norm %.4f | lr %.3e | %.1f ms | %.0f tok/s\n", step + 1,
+               num_steps, loss, norm, lr, 1e3 * seconds, (double)tokens_per_step / seconds);
+        if (log != NULL) {
+            fprintf(log, "s:%d trl:%f norm:%f lr:%e\n", step + 1, loss, norm, lr);
+            fflush(log);
+        }
+        fflush(stdout);
+        int checkpoint_due = s.checkpoint_every > 0 && (step + 1) % s.checkpoint_every == 0;
+        if (s.output_dir != NULL && checkpoint_due) {
+            save_checkpoint(&model, s.output_dir, step + 1, log);
+            last_checkpoint = step + 1;
+        }
+    }
+    if (s.output_dir != NULL && last_checkpoint != num_steps) {
+        save_checkpoint(&model, s.output_dir, num_steps, log);
+    }
+    double total_seconds = now_seconds() - start;
+    printf("total time %.2f s (%.2f s in training steps, %.1f ms per step)\n", total_seconds,
+           train_seconds, 1e3 * train_seconds / num_steps);
+
+    // ------------------------------------------------------------------------------------------
+    // cleanup
+    free(gen_tokens);
+    if (log != NULL) fclose(log);
+    if (use_tokenizer) tokenizer_free(&tokenizer);
+    if (use_val) dataloader_free(&val_loader);
+    dataloader_free(&train_loader);
+    gpt2_free(&model);
+    return 0;
+}
