@@ -12,6 +12,7 @@
 # overrides the search. Sets LLMC_HAVE_CUDA.
 set(LLMC_HAVE_CUDA OFF)
 if(LLMC_CUDA STREQUAL "OFF")
+  message(STATUS "llmc: LLMC_CUDA=OFF, building the CPU parts only")
   return()
 endif()
 

@@ -17,8 +17,15 @@ echo "== ruff, ruff format, mypy"
 "$PYTHON" -m ruff format --check .
 "$PYTHON" -m mypy
 
-echo "== C build and C tests (${BUILD_DIR})"
-cmake -S . -B "$BUILD_DIR" -G Ninja -DLLMC_BUILD_PYTHON=OFF >/dev/null
+echo "== C/CUDA build and C tests (${BUILD_DIR})"
+cuda=OFF
+if command -v nvcc >/dev/null; then
+    # CUDA sources must always compile: with nvcc present a failure here fails the run. cuBLAS comes
+    # from NVIDIA's wheel when the toolkit lacks it.
+    cuda=ON
+    "$PYTHON" -m pip install -q "nvidia-cublas>=13,<14"
+fi
+cmake -S . -B "$BUILD_DIR" -G Ninja -DLLMC_BUILD_PYTHON=OFF -DLLMC_CUDA=$cuda >/dev/null
 cmake --build "$BUILD_DIR"
 "$BUILD_DIR/test_matmul"
 

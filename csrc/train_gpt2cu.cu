@@ -1,0 +1,707 @@
+/*
+train_gpt2cu: GPT-2 training on one NVIDIA GPU (Hopper, sm_90), bf16 with fp32 master weights
+(train_gpt2cu) or all fp32 (train_gpt2cu_fp32). The model and its kernels are llmc/gpt2cu.cuh.
+
+Flags follow llm.c's train_gpt2cu so its recipes carry over, and the CPU trainer's (train_gpt2)
+for the rest: the same schedule, AdamW, data order, logs and checkpoints, so the two trainers can
+be compared step by step.
+
+One step: zero the gradients and the loss accumulator; for each of grad_accum micro-batches run the
+forward pass (whose classifier writes dlogits in place) and the backward pass; the global gradient
+norm and the clip factor are computed on the device and read by AdamW there; then the step's loss
+and norm are read back: the one host synchronization of a step (two when -sl/-sg ask to skip
+outliers, which must know the loss before the update).
+
+Phase 1 (see docs/benchmarks.md, CUDA engine): one process only (-pn 1, -z 0), no recompute (-r 0),
+no HellaSwag (-h 0), checkpoints hold the model only (-y 0: no resume yet).
+
+    ./train_gpt2cu -i "data/train_*.bin" -j "data/val_*.bin" -e d12 -b 64 -t 1024 -d 524288 -x 100
+*/
+#include <errno.h>
+#include <limits.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#include "llmc/dataloader.h"  // defines: DataLoader, dataloader_init, dataloader_next_batch
+#include "llmc/error.h"       // defines: llmc_error, LLMC_OK
+#include "llmc/gpt2cu.cuh"    // defines: GPT2CU, gpt2cu_build/forward/backward/update, kernels
+#include "llmc/rand.h"        // defines: Rng, rng_init, rng_uniform
+#include "llmc/tokenizer.h"   // defines: Tokenizer, tokenizer_init, tokenizer_print
+
+#define DEFAULT_TRAIN_PATTERN "dev/data/tinyshakespeare/tiny_shakespeare_train.bin"
+#define DEFAULT_VAL_PATTERN "dev/data/tinyshakespeare/tiny_shakespeare_val.bin"
+#define DEFAULT_MODEL_FILE "gpt2_124M.bin"
+#define DEFAULT_MODEL_DESCRIPTOR "d12"
+#define DEFAULT_TOKENIZER_NAME "gpt2_tokenizer.bin"
+#define LOG_FILE_NAME "main.log"
+#define WSD_DECAY_FRACTION 0.2f     // wsd: the last 20% of the steps decay the learning rate
+#define H100_BF16_PEAK_FLOPS 989.4e12  // dense bf16 tensor-core peak of an H100/H200 SXM
+#define OUTLIER_WINDOW 128
+#define PI 3.14159265358979323846
+
+// ----------------------------------------------------------------------------------------------
+// settings and flags
+
+typedef struct {
+    const char* train_pattern;
+    const char* val_pattern;
+    int val_pattern_given;
+    const char* init;
+    const char* output_dir;
+    int B;
+    int T;
+    long long total_batch_size;
+    int max_steps;
+    float learning_rate;
+    int warmup_steps;
+    float final_lr_frac;
+    const char* schedule;
+    float weight_decay;
+    int val_every;
+    int val_max_batches;
+    int sample_every;
+    int gen_T;
+    int checkpoint_every;
+    int resume;
+    int recompute;
+    int hellaswag;
+    float skip_loss_z;  // -sl: skip the update when the loss z-score exceeds this (0: off)
+    float skip_norm_z;  // -sg: same for the gradient norm
+    const char* tokenizer_path;
+    unsigned long long seed;
+    float grad_clip;
+    int shuffle;
+    int zero_stage;
+    int num_processes;
+    int process_rank;
+    int gpus_per_node;
+    const char* nccl_init_method;
+    const char* server_ip;
+    const char* fs_path;
+} Settings;
+
+static void print_usage(FILE* out) {
+    fprintf(out,
+            "usage: train_gpt2cu [flags]   (" LLMC_PRECISION_NAME " build)\n"
+            "  -i <pattern>  training token shards (glob)      default " DEFAULT_TRAIN_PATTERN "\n"
+            "  -j <pattern>  validation token shards (glob)    default " DEFAULT_VAL_PATTERN "\n"
+            "  -e <init>     model .bin file (fp32 v3 or bf16 v5) or descriptor d6/d12/d24/...\n"
+            "  -o <dir>      output directory for model_%%08d.bin checkpoints and " LOG_FILE_NAME "\n"
+            "  -b <int>      micro-batch size B (default 4)\n"
+            "  -t <int>      sequence length T (default 1024)\n"
+            "  -d <int>      total batch size in tokens, a multiple of B*T (default B*T)\n"
+            "  -x <int>      max steps (default -1: one epoch)\n"
+            "  -l <float>    learning rate (default 3e-4)\n"
+            "  -u <int>      warmup steps (default 0)\n"
+            "  -q <float>    final learning rate as a fraction of -l (default 1.0)\n"
+            "  -k <name>     schedule: cosine, linear, constant, wsd (default cosine)\n"
+            "  -c <float>    weight decay (default 0.0)\n"
+            "  -v <int>      validation every N steps, 0: never (default 20)\n"
+            "  -m <int>      validation batches, -1: all (default 20)\n"
+            "  -s <int>      sample every N steps, 0: only at the end (default 20)\n"
+            "  -g <int>      sample length in tokens, at most T (default 64)\n"
+            "  -n <int>      checkpoint (model file) every N steps, 0: only at the end (default 0)\n"
+            "  -y <0|1>      resume from the latest checkpoint (phase 1: 0 only)\n"
+            "  -r <int>      recompute level to save memory (phase 1: 0 only)\n"
+            "  -h <0|1>      HellaSwag eval (phase 1: 0 only); -h alone or --help: this help\n"
+            "  -sl <float>   skip the update when the loss z-score exceeds this, 0: off (default 0)\n"
+            "  -sg <float>   skip the update when the grad-norm z-score exceeds this, 0: off\n"
+            "  -tk <path>    tokenizer .bin (default " DEFAULT_TOKENIZER_NAME " next to the training data)\n"
+            "  -seed <int>   seed for the init, shuffling, rounding and sampling (default 1337)\n"
+            "  -gc <float>   clip the global gradient norm to this, 0: no clipping (default 1.0)\n"
+            "  -sh <0|1>     shuffle the training data (default 1)\n"
+            "  -z <int>      ZeRO stage (phase 1: 0 only)\n"
+            "  -pn <int>     number of processes (phase 1: 1 only)\n"
+            "  -pr <int>     process rank (phase 1: 0 only)\n"
+            "  -pg <int>     GPUs per node (accepted; used by multi-process runs)\n"
+            "  -pm <str>     NCCL init method mpi|tcp|fs (accepted; used by multi-process runs)\n"
+            "  -ps <str>     server address for -pm tcp (accepted)\n"
+            "  -pp <str>     shared path for -pm fs (accepted)\n");
+}
+
+static void flag_error(const char* flag, const char* value, const char* what) {
+    fprintf(stderr, "error: flag %s %s: %s\n", flag, value ? value : "", what);
+    print_usage(stderr);
+    exit(1);
+}
+
+static long long parse_integer(const char* flag, const char* value, long long low, long long high) {
+    char* end = NULL;
+    errno = 0;
+    const long long x = strtoll(value, &end, 10);
+    if (value[0] == '\0' || *end != '\0' || errno != 0) flag_error(flag, value, "not an integer");
+    if (x < low || x > high) {
+        char what[128];
+        snprintf(what, sizeof(what), "must be in [%lld, %lld]", low, high);
+        flag_error(flag, value, what);
+    }
+    return x;
+}
+
+static float parse_float(const char* flag, const char* value, double low, double high) {
+    char* end = NULL;
+    errno = 0;
+    const double x = strtod(value, &end);
+    if (value[0] == '\0' || *end != '\0' || errno != 0 || !isfinite(x)) flag_error(flag, value, "not a finite number");
+    if (x < low || x > high) {
+        char what[128];
+        snprintf(what, sizeof(what), "must be in [%g, %g]", low, high);
+        flag_error(flag, value, what);
+    }
+    return (float)x;
+}
+
+static void not_yet(const char* flag, const char* value, const char* what) {
+    fprintf(stderr, "error: flag %s %s: %s is not implemented yet in train_gpt2cu (phase 1)\n", flag, value, what);
+    exit(1);
+}
+
+static void parse_flags(Settings* s, int argc, char** argv) {
+    memset(s, 0, sizeof(*s));
+    s->train_pattern = DEFAULT_TRAIN_PATTERN;
+    s->val_pattern = DEFAULT_VAL_PATTERN;
+    s->B = 4;
+    s->T = 1024;
+    s->total_batch_size = -1;
+    s->max_steps = -1;
+    s->learning_rate = 3e-4f;
+    s->final_lr_frac = 1.0f;
+    s->schedule = "cosine";
+    s->val_every = 20;
+    s->val_max_batches = 20;
+    s->sample_every = 20;
+    s->gen_T = 64;
+    s->seed = 1337;
+    s->grad_clip = 1.0f;
+    s->shuffle = 1;
+    s->num_processes = 1;
+    s->gpus_per_node = 8;
+    s->nccl_init_method = "mpi";
+    s->server_ip = "";
+    s->fs_path = "";
+    for (int i = 1; i < argc; i += 2) {
+        const char* flag = argv[i];
+        if (strcmp(flag, "--help") == 0 || (strcmp(flag, "-h") == 0 && i + 1 >= argc)) {
+            print_usage(stdout);
+            exit(0);
+        }
+        if (flag[0] != '-') flag_error(flag, NULL, "expected a flag (-x value pairs)");
+        if (i + 1 >= argc) flag_error(flag, NULL, "missing value");
+        const char* v = argv[i + 1];
+        if (strcmp(flag, "-i") == 0) {
+            s->train_pattern = v;
+        } else if (strcmp(flag, "-j") == 0) {
+            s->val_pattern = v;
+            s->val_pattern_given = 1;
+        } else if (strcmp(flag, "-e") == 0) {
+            s->init = v;
+        } else if (strcmp(flag, "-o") == 0) {
+            s->output_dir = v;
+        } else if (strcmp(flag, "-b") == 0) {
+            s->B = (int)parse_integer(flag, v, 1, 1 << 20);
+        } else if (strcmp(flag, "-t") == 0) {
+            s->T = (int)parse_integer(flag, v, 1, 1 << 20);
+        } else if (strcmp(flag, "-d") == 0) {
+            s->total_batch_size = parse_integer(flag, v, -1, (long long)1 << 40);
+            if (s->total_batch_size == 0) flag_error(flag, v, "must be positive (or -1)");
+        } else if (strcmp(flag, "-x") == 0) {
+            s->max_steps = (int)parse_integer(flag, v, -1, INT_MAX - 1);
+            if (s->max_steps == 0) flag_error(flag, v, "must be positive (or -1: one epoch)");
+        } else if (strcmp(flag, "-l") == 0) {
+            s->learning_rate = parse_float(flag, v, 0.0, 10.0);
+        } else if (strcmp(flag, "-u") == 0) {
+            s->warmup_steps = (int)parse_integer(flag, v, 0, INT_MAX - 1);
+        } else if (strcmp(flag, "-q") == 0) {
+            s->final_lr_frac = parse_float(flag, v, 0.0, 1.0);
+        } else if (strcmp(flag, "-k") == 0) {
+            if (strcmp(v, "cosine") != 0 && strcmp(v, "linear") != 0 && strcmp(v, "constant") != 0 &&
+                strcmp(v, "wsd") != 0) {
+                flag_error(flag, v, "unknown schedule (cosine, linear, constant, wsd)");
+            }
+            s->schedule = v;
+        } else if (strcmp(flag, "-c") == 0) {
+            s->weight_decay = parse_float(flag, v, 0.0, 10.0);
+        } else if (strcmp(flag, "-v") == 0) {
+            s->val_every = (int)parse_integer(flag, v, 0, INT_MAX);
+        } else if (strcmp(flag, "-m") == 0) {
+            s->val_max_batches = (int)parse_integer(flag, v, -1, INT_MAX);
+            if (s->val_max_batches == 0) flag_error(flag, v, "must be positive (or -1: all)");
+        } else if (strcmp(flag, "-s") == 0) {
+            s->sample_every = (int)parse_integer(flag, v, 0, INT_MAX);
+        } else if (strcmp(flag, "-g") == 0) {
+            s->gen_T = (int)parse_integer(flag, v, 1, 1 << 20);
+        } else if (strcmp(flag, "-n") == 0) {
+            s->checkpoint_every = (int)parse_integer(flag, v, 0, INT_MAX);
+        } else if (strcmp(flag, "-y") == 0) {
+            s->resume = (int)parse_integer(flag, v, 0, 1);
+            if (s->resume != 0) not_yet(flag, v, "resuming (optimizer + dataloader state)");
+        } else if (strcmp(flag, "-r") == 0) {
+            s->recompute = (int)parse_integer(flag, v, 0, 2);
+            if (s->recompute != 0) not_yet(flag, v, "activation recomputation");
+        } else if (strcmp(flag, "-h") == 0) {
+            s->hellaswag = (int)parse_integer(flag, v, 0, 1);
+            if (s->hellaswag != 0) not_yet(flag, v, "HellaSwag evaluation");
+        } else if (strcmp(flag, "-sl") == 0) {
+            s->skip_loss_z = parse_float(flag, v, 0.0, 1e30);
+        } else if (strcmp(flag, "-sg") == 0) {
+            s->skip_norm_z = parse_float(flag, v, 0.0, 1e30);
+        } else if (strcmp(flag, "-tk") == 0) {
+            s->tokenizer_path = v;
+        } else if (strcmp(flag, "-seed") == 0) {
+            char* end = NULL;
+            errno = 0;
+            s->seed = strtoull(v, &end, 10);
+            if (v[0] == '\0' || v[0] == '-' || *end != '\0' || errno != 0) flag_error(flag, v, "not a non-negative integer");
+        } else if (strcmp(flag, "-gc") == 0) {
+            s->grad_clip = parse_float(flag, v, 0.0, 1e30);
+        } else if (strcmp(flag, "-sh") == 0) {
+            s->shuffle = (int)parse_integer(flag, v, 0, 1);
+        } else if (strcmp(flag, "-z") == 0) {
+            s->zero_stage = (int)parse_integer(flag, v, 0, 3);
+            if (s->zero_stage != 0) not_yet(flag, v, "ZeRO sharding (a multi-GPU feature)");
+        } else if (strcmp(flag, "-pn") == 0) {
+            s->num_processes = (int)parse_integer(flag, v, 1, 65536);
+            if (s->num_processes != 1) not_yet(flag, v, "running several processes");
+        } else if (strcmp(flag, "-pr") == 0) {
+            s->process_rank = (int)parse_integer(flag, v, 0, 65535);
+            if (s->process_rank != 0) not_yet(flag, v, "a process rank other than 0");
+        } else if (strcmp(flag, "-pg") == 0) {
+            s->gpus_per_node = (int)parse_integer(flag, v, 1, 1024);
+        } else if (strcmp(flag, "-pm") == 0) {
+            if (strcmp(v, "mpi") != 0 && strcmp(v, "tcp") != 0 && strcmp(v, "fs") != 0) {
+                flag_error(flag, v, "unknown init method (mpi, tcp, fs)");
+            }
+            s->nccl_init_method = v;
+        } else if (strcmp(flag, "-ps") == 0) {
+            s->server_ip = v;
+        } else if (strcmp(flag, "-pp") == 0) {
+            s->fs_path = v;
+        } else {
+            flag_error(flag, NULL, "unknown flag");
+        }
+    }
+    if (s->gen_T > s->T) {
+        char value[32];
+        snprintf(value, sizeof(value), "%d", s->gen_T);
+        flag_error("-g", value, "longer than -t: samples are generated within one context of T");
+    }
+    const long long per_micro_step = (long long)s->B * s->T;
+    if (s->total_batch_size == -1) s->total_batch_size = per_micro_step;
+    if (s->total_batch_size % per_micro_step != 0) {
+        char value[32], what[160];
+        snprintf(value, sizeof(value), "%lld", s->total_batch_size);
+        snprintf(what, sizeof(what), "not a multiple of B*T = %d*%d = %lld", s->B, s->T, per_micro_step);
+        flag_error("-d", value, what);
+    }
+}
+
+// ----------------------------------------------------------------------------------------------
+// building blocks: errors, time, schedule, outliers, sampling, validation
+
+static void die(void) {
+    fprintf(stderr, "error: %s\n", llmc_error());
+    exit(1);
+}
+
+static double now_seconds(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static int file_exists(const char* path) {
+    struct stat st;
+    return stat(path, &st) == 0 && S_ISREG(st.st_mode);
+}
+
+// The CPU trainer's schedule (csrc/train_gpt2.c): linear warmup, then cosine/linear/constant/wsd.
+static float learning_rate_at(const Settings* s, int step, int num_steps) {
+    const float lr = s->learning_rate;
+    const float min_lr = lr * s->final_lr_frac;
+    if (step < s->warmup_steps) return lr * (float)(step + 1) / (float)s->warmup_steps;
+    if (strcmp(s->schedule, "constant") == 0) return lr;
+    const int decay_steps = num_steps - s->warmup_steps;
+    const float progress = decay_steps > 0 ? (float)(step - s->warmup_steps) / (float)decay_steps : 1.0f;
+    if (strcmp(s->schedule, "cosine") == 0) return min_lr + 0.5f * (1.0f + cosf((float)PI * progress)) * (lr - min_lr);
+    if (strcmp(s->schedule, "linear") == 0) return lr - progress * (lr - min_lr);
+    int decay_start = (int)((1.0f - WSD_DECAY_FRACTION) * (float)num_steps);
+    if (decay_start < s->warmup_steps) decay_start = s->warmup_steps;
+    if (step < decay_start) return lr;
+    const int decay_length = num_steps - decay_start;
+    const float p = decay_length > 0 ? (float)(step - decay_start) / (float)decay_length : 1.0f;
+    return min_lr + (1.0f - sqrtf(p)) * (lr - min_lr);
+}
+
+// z-score of x against the last OUTLIER_WINDOW values (0 until the window is full).
+typedef struct {
+    double values[OUTLIER_WINDOW];
+    int count;
+    int next;
+} OutlierDetector;
+
+static double outlier_zscore(const OutlierDetector* d, double x) {
+    if (d->count < OUTLIER_WINDOW) return 0.0;
+    double mean = 0.0, var = 0.0;
+    for (int i = 0; i < OUTLIER_WINDOW; i++) mean += d->values[i];
+    mean /= OUTLIER_WINDOW;
+    for (int i = 0; i < OUTLIER_WINDOW; i++) var += (d->values[i] - mean) * (d->values[i] - mean);
+    const double std = sqrt(var / OUTLIER_WINDOW);
+    return std > 0.0 ? (x - mean) / std : 0.0;
+}
+
+static void outlier_add(OutlierDetector* d, double x) {
+    d->values[d->next] = x;
+    d->next = (d->next + 1) % OUTLIER_WINDOW;
+    if (d->count < OUTLIER_WINDOW) d->count++;
+}
+
+static int sample_token(const float* logits, int V, Rng* rng) {
+    float max_logit = logits[0];
+    for (int i = 1; i < V; i++)
+        if (logits[i] > max_logit) max_logit = logits[i];
+    double total = 0.0;
+    for (int i = 0; i < V; i++) total += exp((double)(logits[i] - max_logit));
+    const double threshold = rng_uniform(rng) * total;
+    double cumulative = 0.0;
+    for (int i = 0; i < V; i++) {
+        cumulative += exp((double)(logits[i] - max_logit));
+        if (threshold < cumulative) return i;
+    }
+    return V - 1;
+}
+
+// Generates gen_T - 1 tokens after an EOT with full forward passes over a (B, T) batch whose first
+// row is the sample (the batch keeps the activation buffers at their training size).
+static void generate_sample(GPT2CU* model, const Tokenizer* tokenizer, Rng* rng, int* tokens, float* row, int B,
+                            int T, int gen_T) {
+    const int V = model->config.vocab_size, Vp = model->config.padded_vocab_size;
+    for (size_t i = 0; i < (size_t)B * T; i++) tokens[i] = (int)tokenizer->eot_token;
+    for (int t = 1; t < gen_T; t++) {
+        if (gpt2cu_forward(model, tokens, NULL, B, T, FORWARD_LOGITS, 1.0f) != LLMC_OK) die();
+        gpt2cu_download(row, model->acts.logits + (size_t)(t - 1) * Vp, (size_t)V, model->stream);
+        tokens[t] = sample_token(row, V, rng);
+    }
+    printf("generating:\n---\n");
+    if (tokenizer_print(tokenizer, stdout, tokens + 1, (size_t)(gen_T - 1)) != LLMC_OK) die();
+    printf("\n---\n");
+    fflush(stdout);
+}
+
+static float validation_loss(GPT2CU* model, DataLoader* loader, int num_batches, int B, int T) {
+    dataloader_reset(loader);
+    double sum = 0.0;
+    for (int i = 0; i < num_batches; i++) {
+        if (dataloader_next_batch(loader) != LLMC_OK) die();
+        if (gpt2cu_forward(model, loader->inputs, loader->targets, B, T, FORWARD_LOSS, 1.0f) != LLMC_OK) die();
+        sum += gpt2cu_read_mean_loss(model);
+    }
+    return (float)(sum / num_batches);
+}
+
+// ----------------------------------------------------------------------------------------------
+// output: directory, log, checkpoints, the settings table
+
+static void make_output_dir(const char* dir) {
+    if (mkdir(dir, 0755) != 0 && errno != EEXIST) {
+        fprintf(stderr, "error: %s: cannot create the output directory: %s\n", dir, strerror(errno));
+        exit(1);
+    }
+    struct stat st;
+    if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode)) {
+        fprintf(stderr, "error: %s: the output path exists and is not a directory\n", dir);
+        exit(1);
+    }
+}
+
+static void save_checkpoint(GPT2CU* model, const char* dir, int step, FILE* log) {
+    char path[4096];
+    if (snprintf(path, sizeof(path), "%s/model_%08d.bin", dir, step) >= (int)sizeof(path)) {
+        fprintf(stderr, "error: %s: output directory path too long\n", dir);
+        exit(1);
+    }
+#ifdef LLMC_FP32
+    const int version = GPT2_MODEL_VERSION_FP32;
+#else
+    const int version = GPT2_MODEL_VERSION_BF16;
+#endif
+    if (gpt2cu_save_checkpoint(model, path, version) != LLMC_OK) die();
+    printf("saved checkpoint %s\n", path);
+    if (log != NULL) {
+        fprintf(log, "s:%d checkpoint:%s\n", step, path);
+        fflush(log);
+    }
+}
+
+static void table_row(FILE* log, const char* name, const char* fmt, ...) __attribute__((format(printf, 3, 4)));
+
+static void table_row(FILE* log, const char* name, const char* fmt, ...) {
+    char value[512];
+    va_list args;
+    va_start(args, fmt);
+    vsnprintf(value, sizeof(value), fmt, args);
+    va_end(args);
+    printf("| %-26s | %-50s |\n", name, value);
+    if (log != NULL) fprintf(log, "# %s %s\n", name, value);
+}
+
+// ----------------------------------------------------------------------------------------------
+// main
+
+int main(int argc, char** argv) {
+    Settings s;
+    parse_flags(&s, argc, argv);
+
+    int device = 0;
+    cudaCheck(cudaSetDevice(device));
+    cudaDeviceProp props;
+    cudaCheck(cudaGetDeviceProperties(&props, device));
+    matmul_init();
+
+    // the model
+    const char* init = s.init;
+    if (init == NULL) init = file_exists(DEFAULT_MODEL_FILE) ? DEFAULT_MODEL_FILE : DEFAULT_MODEL_DESCRIPTOR;
+    GPT2CU model;
+    if (gpt2cu_build(&model, init, s.seed) != LLMC_OK) die();
+    const GPT2Config* cfg = &model.config;
+    if (s.T > cfg->max_seq_len) {
+        char value[32], what[160];
+        snprintf(value, sizeof(value), "%d", s.T);
+        snprintf(what, sizeof(what), "longer than the model's maximum sequence length %d (%s)", cfg->max_seq_len, init);
+        flag_error("-t", value, what);
+    }
+
+    // the data
+    DataLoader train_loader, val_loader;
+    if (dataloader_init(&train_loader, s.train_pattern, (size_t)s.B, (size_t)s.T, s.process_rank, s.num_processes,
+                        s.shuffle, s.seed) != LLMC_OK) {
+        die();
+    }
+    dataloader_set_vocab_limit(&train_loader, cfg->vocab_size);
+    int use_val = 0;
+    const char* val_note = "";
+    if (s.val_every > 0) {
+        if (dataloader_init(&val_loader, s.val_pattern, (size_t)s.B, (size_t)s.T, s.process_rank, s.num_processes, 0,
+                            0) == LLMC_OK) {
+            use_val = 1;
+            dataloader_set_vocab_limit(&val_loader, cfg->vocab_size);
+        } else if (s.val_pattern_given) {
+            die();
+        } else {
+            val_note = " (default not found: no validation)";
+        }
+    }
+    int val_num_batches = 0;
+    if (use_val) {
+        const size_t available = dataloader_batches_per_epoch(&val_loader);
+        val_num_batches = s.val_max_batches < 0 || (size_t)s.val_max_batches > available
+                              ? (int)(available < INT_MAX ? available : INT_MAX)
+                              : s.val_max_batches;
+    }
+    const int grad_accum = (int)(s.total_batch_size / ((long long)s.B * s.T));
+    int num_steps = s.max_steps;
+    if (num_steps == -1) {
+        const size_t epoch_steps = dataloader_batches_per_epoch(&train_loader) / (size_t)grad_accum;
+        num_steps = epoch_steps == 0 ? 1 : (epoch_steps < INT_MAX ? (int)epoch_steps : INT_MAX - 1);
+    }
+
+    // the tokenizer, for samples
+    Tokenizer tokenizer;
+    int use_tokenizer = 0;
+    char tokenizer_path[4096];
+    const char* tokenizer_note = "";
+    if (s.tokenizer_path != NULL) {
+        if (tokenizer_init(&tokenizer, s.tokenizer_path) != LLMC_OK) die();
+        snprintf(tokenizer_path, sizeof(tokenizer_path), "%s", s.tokenizer_path);
+        use_tokenizer = 1;
+    } else {
+        const char* first_shard = train_loader.shard_paths[0];
+        const char* slash = strrchr(first_shard, '/');
+        const int dir_length = slash == NULL ? 0 : (int)(slash - first_shard + 1);
+        snprintf(tokenizer_path, sizeof(tokenizer_path), "%.*s%s", dir_length, first_shard, DEFAULT_TOKENIZER_NAME);
+        if (file_exists(tokenizer_path)) {
+            if (tokenizer_init(&tokenizer, tokenizer_path) != LLMC_OK) die();
+            use_tokenizer = 1;
+        } else {
+            tokenizer_note = " (not found: no samples)";
+        }
+    }
+    if (use_tokenizer &&
+        (tokenizer.vocab_size < (uint32_t)cfg->vocab_size || tokenizer.eot_token >= (uint32_t)cfg->vocab_size)) {
+        tokenizer_note = " (does not cover the model's vocabulary: no samples)";
+        tokenizer_free(&tokenizer);
+        use_tokenizer = 0;
+    }
+
+    // the log
+    FILE* log = NULL;
+    if (s.output_dir != NULL) {
+        make_output_dir(s.output_dir);
+        char log_path[4096];
+        snprintf(log_path, sizeof(log_path), "%s/%s", s.output_dir, LOG_FILE_NAME);
+        log = fopen(log_path, "w");
+        if (log == NULL) {
+            fprintf(stderr, "error: %s: cannot open the log file: %s\n", log_path, strerror(errno));
+            exit(1);
+        }
+    }
+
+    // FLOPs per token of a training step: 6 per parameter (forward + backward matmuls) plus the
+    // attention's 6 L C T (QK^T and AV, forward and backward), as llm.c and nanoGPT count.
+    const double flops_per_token =
+        6.0 * (double)model.num_parameters + 6.0 * cfg->num_layers * cfg->channels * (double)s.T;
+    printf("+----------------------------+----------------------------------------------------+\n");
+    table_row(log, "device", "%s (sm_%d%d, %d SMs, %.1f GiB)", props.name, props.major, props.minor,
+              props.multiProcessorCount, props.totalGlobalMem / 1073741824.0);
+    table_row(log, "precision", "%s", LLMC_PRECISION_NAME);
+    table_row(log, "train data", "%s", s.train_pattern);
+    table_row(log, "train shards / tokens", "%zu / %zu", train_loader.num_shards, train_loader.num_tokens);
+    table_row(log, "val data", "%s%s", use_val ? s.val_pattern : "-", s.val_every == 0 ? " (-v 0)" : val_note);
+    table_row(log, "model", "%s", init);
+    table_row(log, "max seq len (maxT)", "%d", cfg->max_seq_len);
+    table_row(log, "vocab size (V / Vp)", "%d / %d", cfg->vocab_size, cfg->padded_vocab_size);
+    table_row(log, "layers / heads / channels", "%d / %d / %d", cfg->num_layers, cfg->num_heads, cfg->channels);
+    table_row(log, "parameters", "%zu", model.num_parameters);
+    table_row(log, "output dir", "%s", s.output_dir ? s.output_dir : "- (no checkpoints)");
+    table_row(log, "micro batch B", "%d", s.B);
+    table_row(log, "sequence length T", "%d", s.T);
+    table_row(log, "total batch size (tokens)", "%lld", s.total_batch_size);
+    table_row(log, "grad accumulation steps", "%d", grad_accum);
+    table_row(log, "steps", "%d%s", num_steps, s.max_steps == -1 ? " (one epoch)" : "");
+    table_row(log, "learning rate / schedule", "%g / %s", s.learning_rate, s.schedule);
+    table_row(log, "warmup steps / final frac", "%d / %g", s.warmup_steps, s.final_lr_frac);
+    table_row(log, "weight decay", "%g", s.weight_decay);
+    table_row(log, "grad clip", "%g%s", s.grad_clip, s.grad_clip == 0.0f ? " (off)" : "");
+    table_row(log, "skip outliers (-sl / -sg)", "%g / %g", s.skip_loss_z, s.skip_norm_z);
+    table_row(log, "val every / batches", "%d / %d", s.val_every, val_num_batches);
+    table_row(log, "sample every / length", "%d / %d", s.sample_every, s.gen_T);
+    table_row(log, "checkpoint every", "%d", s.checkpoint_every);
+    table_row(log, "tokenizer", "%s%s", tokenizer_path, tokenizer_note);
+    table_row(log, "seed / shuffle", "%llu / %d", s.seed, s.shuffle);
+    table_row(log, "zero / processes / rank", "%d / %d / %d", s.zero_stage, s.num_processes, s.process_rank);
+    table_row(log, "recompute / hellaswag", "%d / %d", s.recompute, s.hellaswag);
+    table_row(log, "FLOPs per token", "%.4g", flops_per_token);
+    printf("+----------------------------+----------------------------------------------------+\n");
+    if (log != NULL) fflush(log);
+    fflush(stdout);
+
+    // ------------------------------------------------------------------------------------------
+    // training
+    Rng sample_rng;
+    rng_init(&sample_rng, s.seed);
+    int* gen_tokens = (int*)malloc((size_t)s.B * s.T * sizeof(int));
+    float* logits_row = (float*)malloc((size_t)cfg->padded_vocab_size * sizeof(float));
+    if (gen_tokens == NULL || logits_row == NULL) {
+        fprintf(stderr, "error: out of host memory\n");
+        exit(1);
+    }
+    AdamWParams adamw = {s.learning_rate, 0.9f, 0.95f, 1e-8f, s.weight_decay};
+    OutlierDetector loss_outliers = {{0}, 0, 0}, norm_outliers = {{0}, 0, 0};
+    const int skip_outliers = s.skip_loss_z > 0.0f || s.skip_norm_z > 0.0f;
+    const float loss_weight = 1.0f / (float)grad_accum;
+    const long long tokens_per_step = (long long)s.B * s.T * grad_accum;
+    double timed_seconds = 0.0;
+    int timed_steps = 0;
+    int last_checkpoint = -1;
+    size_t peak_bytes = 0;
+    const double start = now_seconds();
+    for (int step = 0; step <= num_steps; step++) {
+        const int last_step = step == num_steps;
+        if (use_val && (step % s.val_every == 0 || last_step)) {
+            const float val_loss = validation_loss(&model, &val_loader, val_num_batches, s.B, s.T);
+            printf("val loss %f\n", val_loss);
+            if (log != NULL) {
+                fprintf(log, "s:%d tel:%f\n", step, val_loss);
+                fflush(log);
+            }
+        }
+        if (use_tokenizer && ((s.sample_every > 0 && step > 0 && step % s.sample_every == 0) || last_step)) {
+            generate_sample(&model, &tokenizer, &sample_rng, gen_tokens, logits_row, s.B, s.T, s.gen_T);
+        }
+        if (last_step) break;
+
+        cudaCheck(cudaDeviceSynchronize());  // the step's clock starts with an idle GPU
+        const double step_start = now_seconds();
+        gpt2cu_zero_grad(&model);
+        for (int micro = 0; micro < grad_accum; micro++) {
+            if (dataloader_next_batch(&train_loader) != LLMC_OK) die();
+            if (gpt2cu_forward(&model, train_loader.inputs, train_loader.targets, s.B, s.T, FORWARD_TRAIN,
+                               loss_weight) != LLMC_OK ||
+                gpt2cu_backward(&model) != LLMC_OK) {
+                die();
+            }
+        }
+        const float lr = learning_rate_at(&s, step, num_steps);
+        adamw.learning_rate = lr;
+        gpt2cu_compute_grad_norm(&model, s.grad_clip);
+        int skipped = 0;
+        float loss = 0.0f, norm = 0.0f;
+        if (skip_outliers) {
+            // the decision needs the loss and the norm before the update: one extra sync
+            loss = gpt2cu_read_mean_loss(&model);
+            cudaCheck(cudaMemcpy(&norm, model.norm_d, sizeof(float), cudaMemcpyDeviceToHost));
+            const double zl = outlier_zscore(&loss_outliers, loss), zg = outlier_zscore(&norm_outliers, norm);
+            skipped = (s.skip_loss_z > 0.0f && zl > s.skip_loss_z) || (s.skip_norm_z > 0.0f && zg > s.skip_norm_z);
+            outlier_add(&loss_outliers, loss);
+            outlier_add(&norm_outliers, norm);
+        }
+        if (!skipped) gpt2cu_update(&model, &adamw, step + 1, 1);
+        if (!skip_outliers) {
+            loss = gpt2cu_read_mean_loss(&model);  // waits for the whole step
+            cudaCheck(cudaMemcpy(&norm, model.norm_d, sizeof(float), cudaMemcpyDeviceToHost));
+        }
+        cudaCheck(cudaDeviceSynchronize());
+        const double seconds = now_seconds() - step_start;
+        if (step > 0) {  // step 0 includes allocation and cuBLASLt warm-up
+            timed_seconds += seconds;
+            timed_steps++;
+        }
+        if (peak_bytes == 0) {
+            size_t free_bytes, total_bytes;
+            cudaCheck(cudaMemGetInfo(&free_bytes, &total_bytes));
+            peak_bytes = total_bytes - free_bytes;
+        }
+        const double tokens_per_second = (double)tokens_per_step / seconds;
+        const double mfu = 100.0 * flops_per_token * tokens_per_second / H100_BF16_PEAK_FLOPS;
+        printf("step %5d/%d | loss %.6f | norm %.4f | lr %.3e | %.1f ms | %.0f tok/s | MFU %.1f%%%s\n", step + 1,
+               num_steps, loss, norm, lr, 1e3 * seconds, tokens_per_second, mfu,
+               !isfinite(norm) ? " | update skipped (non-finite norm)" : (skipped ? " | update skipped (outlier)" : ""));
+        if (log != NULL) {
+            fprintf(log, "s:%d trl:%f norm:%f lr:%e\n", step + 1, loss, norm, lr);
+            fflush(log);
+        }
+        fflush(stdout);
+        if (s.output_dir != NULL && s.checkpoint_every > 0 && (step + 1) % s.checkpoint_every == 0) {
+            save_checkpoint(&model, s.output_dir, step + 1, log);
+            last_checkpoint = step + 1;
+        }
+    }
+    if (s.output_dir != NULL && last_checkpoint != num_steps) save_checkpoint(&model, s.output_dir, num_steps, log);
+    const double total_seconds = now_seconds() - start;
+    if (timed_steps > 0) {
+        const double ms = 1e3 * timed_seconds / timed_steps;
+        const double tps = (double)tokens_per_step * timed_steps / timed_seconds;
+        printf("steady state (steps 2..%d): %.1f ms/step | %.0f tok/s | MFU %.1f%%\n", num_steps, ms, tps,
+               100.0 * flops_per_token * tps / H100_BF16_PEAK_FLOPS);
+    }
+    printf("peak GPU memory in use: %.2f GiB (activations %.2f GiB)\n", peak_bytes / 1073741824.0,
+           model.activation_bytes / 1073741824.0);
+    printf("total time %.2f s\n", total_seconds);
+
+    // ------------------------------------------------------------------------------------------
+    // cleanup
+    free(gen_tokens);
+    free(logits_row);
+    if (use_tokenizer) tokenizer_free(&tokenizer);
+    if (use_val) dataloader_free(&val_loader);
+    dataloader_free(&train_loader);
+    if (log != NULL) fclose(log);
+    gpt2cu_free(&model);
+    matmul_free();
+    return 0;
+}
