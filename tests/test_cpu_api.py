@@ -179,7 +179,7 @@ def test_bad_model_files_raise_with_the_file_name(tmp_path: Path) -> None:
         with pytest.raises(ValueError, match=message) as error:
             CPUModel.from_checkpoint(path)
         assert name in str(error.value)
-    with pytest.raises(ValueError, match="missing.bin"):
+    with pytest.raises(ValueError, match=r"missing\.bin"):
         CPUModel.from_checkpoint(tmp_path / "missing.bin")
 
 
