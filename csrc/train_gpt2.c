@@ -41,19 +41,12 @@ one, samples are skipped with a note.
 #include "llmc/gpt2_cpu.h"    // defines: GPT2, gpt2_build_*, gpt2_forward/backward/update
 #include "llmc/rand.h"        // defines: Rng, rng_init, rng_uniform
 #include "llmc/tokenizer.h"   // defines: Tokenizer, tokenizer_init, tokenizer_print
+#include "llmc/train_common.h"  // defines: flag parsing helpers, learning_rate_at, table_row
 
-#define DEFAULT_TRAIN_PATTERN "dev/data/tinyshakespeare/tiny_shakespeare_train.bin"
-#define DEFAULT_VAL_PATTERN "dev/data/tinyshakespeare/tiny_shakespeare_val.bin"
-#define DEFAULT_MODEL_FILE "gpt2_124M.bin"
-#define DEFAULT_MODEL_DESCRIPTOR "d12"
-#define DEFAULT_TOKENIZER_NAME "gpt2_tokenizer.bin"
-#define LOG_FILE_NAME "main.log"
 #define DEFAULT_GEN_T 64
-#define WSD_DECAY_FRACTION 0.2f  // wsd: the last 20% of the steps decay the learning rate
 #define MAX_BATCH 65536          // anything larger than these is a typo, not a CPU run
 #define MAX_SEQ_LEN 1048576
 #define MAX_GRAD_ACCUM 1048576
-#define PI 3.14159265358979323846
 
 // ---------------------------------------------------------------------------------------------
 // settings and flags
@@ -119,45 +112,6 @@ static void print_usage(FILE* out) {
             "  -pr <int>     process rank (default 0)\n"
             "  -pn <int>     number of processes sharing the data (default 1)\n"
             "  -h            this help\n");
-}
-
-static void flag_error(const char* flag, const char* value, const char* what) {
-    if (value != NULL) {
-        fprintf(stderr, "error: flag %s %s: %s\n", flag, value, what);
-    } else {
-        fprintf(stderr, "error: flag %s: %s\n", flag, what);
-    }
-    print_usage(stderr);
-    exit(1);
-}
-
-static long long parse_integer(const char* flag, const char* value, long long low,
-                               long long high) {
-    char* end = NULL;
-    errno = 0;
-    long long x = strtoll(value, &end, 10);
-    if (value[0] == '\0' || *end != '\0' || errno != 0) flag_error(flag, value, "not an integer");
-    if (x < low || x > high) {
-        char what[128];
-        snprintf(what, sizeof(what), "must be in [%lld, %lld]", low, high);
-        flag_error(flag, value, what);
-    }
-    return x;
-}
-
-static float parse_float(const char* flag, const char* value, double low, double high) {
-    char* end = NULL;
-    errno = 0;
-    double x = strtod(value, &end);
-    if (value[0] == '\0' || *end != '\0' || errno != 0 || !isfinite(x)) {
-        flag_error(flag, value, "not a finite number");
-    }
-    if (x < low || x > high) {
-        char what[128];
-        snprintf(what, sizeof(what), "must be in [%g, %g]", low, high);
-        flag_error(flag, value, what);
-    }
-    return (float)x;
 }
 
 static const char* const FLAGS[] = {"-i", "-j", "-e",  "-o",  "-b",  "-t",    "-d",  "-x",
@@ -299,68 +253,13 @@ static void parse_flags(Settings* s, int argc, char** argv) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// building blocks: errors, time, the learning rate schedule, sampling
-
-static void die(void) {
-    fprintf(stderr, "error: %s\n", llmc_error());
-    exit(1);
-}
-
-static double now_seconds(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static int file_exists(const char* path) {
-    struct stat st;
-    return stat(path, &st) == 0 && S_ISREG(st.st_mode);
-}
+// building blocks (the rest are in llmc/train_common.h): data patterns, sampling, validation
 
 static int pattern_matches(const char* pattern) {
     glob_t matches;
     int found = glob(pattern, 0, NULL, &matches) == 0 && matches.gl_pathc > 0;
     if (found) globfree(&matches);
     return found;
-}
-
-// Learning rate of step (0-based) out of num_steps: linear warmup from lr/warmup to lr, then the
-// schedule decays towards lr * final_frac at the last step.
-static float learning_rate_at(const Settings* s, int step, int num_steps) {
-    float lr = s->learning_rate;
-    float min_lr = lr * s->final_lr_frac;
-    if (step < s->warmup_steps) return lr * (float)(step + 1) / (float)s->warmup_steps;
-    if (strcmp(s->schedule, "constant") == 0) return lr;
-    int decay_steps = num_steps - s->warmup_steps;
-    float progress = decay_steps > 0 ? (float)(step - s->warmup_steps) / (float)decay_steps : 1.0f;
-    if (strcmp(s->schedule, "cosine") == 0) {
-        return min_lr + 0.5f * (1.0f + cosf((float)PI * progress)) * (lr - min_lr);
-    }
-    if (strcmp(s->schedule, "linear") == 0) return lr - progress * (lr - min_lr);
-    // wsd: warmup, stable at lr, then a 1 - sqrt decay over the last WSD_DECAY_FRACTION of steps
-    int decay_start = (int)((1.0f - WSD_DECAY_FRACTION) * (float)num_steps);
-    if (decay_start < s->warmup_steps) decay_start = s->warmup_steps;
-    if (step < decay_start) return lr;
-    int decay_length = num_steps - decay_start;
-    float p = decay_length > 0 ? (float)(step - decay_start) / (float)decay_length : 1.0f;
-    return min_lr + (1.0f - sqrtf(p)) * (lr - min_lr);
-}
-
-// Draws a token from softmax(logits[0..V)) at temperature 1.
-static int sample_token(const float* logits, int V, Rng* rng) {
-    float max_logit = logits[0];
-    for (int i = 1; i < V; i++) {
-        if (logits[i] > max_logit) max_logit = logits[i];
-    }
-    double total = 0.0;
-    for (int i = 0; i < V; i++) total += exp((double)(logits[i] - max_logit));
-    double threshold = rng_uniform(rng) * total;
-    double cumulative = 0.0;
-    for (int i = 0; i < V; i++) {
-        cumulative += exp((double)(logits[i] - max_logit));
-        if (threshold < cumulative) return i;
-    }
-    return V - 1;  // rounding left threshold just above the sum
 }
 
 // Generates gen_T - 1 tokens after an EOT, one forward pass over a (1, T) context per token, and
@@ -393,19 +292,6 @@ static float validation_loss(GPT2* model, DataLoader* loader, int num_batches, i
 // ---------------------------------------------------------------------------------------------
 // output: directory, log, checkpoints, the settings table
 
-static void make_output_dir(const char* dir) {
-    if (mkdir(dir, 0755) != 0 && errno != EEXIST) {
-        fprintf(stderr, "error: %s: cannot create the output directory: %s\n", dir,
-                strerror(errno));
-        exit(1);
-    }
-    struct stat st;
-    if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode)) {
-        fprintf(stderr, "error: %s: the output path exists and is not a directory\n", dir);
-        exit(1);
-    }
-}
-
 static void save_checkpoint(const GPT2* model, const char* dir, int step, FILE* log) {
     char path[4096];
     if (snprintf(path, sizeof(path), "%s/model_%08d.bin", dir, step) >= (int)sizeof(path)) {
@@ -420,19 +306,6 @@ static void save_checkpoint(const GPT2* model, const char* dir, int step, FILE* 
     }
 }
 
-// Prints one "| name | value |" row to stdout and, as "# name value", to the log.
-static void table_row(FILE* log, const char* name, const char* fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void table_row(FILE* log, const char* name, const char* fmt, ...) {
-    char value[512];
-    va_list args;
-    va_start(args, fmt);
-    vsnprintf(value, sizeof(value), fmt, args);
-    va_end(args);
-    printf("| %-24s | %-48s |\n", name, value);
-    if (log != NULL) fprintf(log, "# %s %s\n", name, value);
-}
 
 // ---------------------------------------------------------------------------------------------
 // main
@@ -642,7 +515,8 @@ int main(int argc, char** argv) {
         }
         float loss = (float)(loss_sum / grad_accum);
         float norm = gpt2_grad_norm(&model);
-        float lr = learning_rate_at(&s, step, num_steps);
+        float lr = learning_rate_at(s.learning_rate, s.warmup_steps, s.final_lr_frac, s.schedule,
+                                    step, num_steps);
         adamw.learning_rate = lr;
         adamw.grad_scale = s.grad_clip > 0.0f && norm > s.grad_clip ? s.grad_clip / norm : 1.0f;
         if (isfinite(norm)) {

@@ -33,17 +33,12 @@ no HellaSwag (-h 0), checkpoints hold the model only (-y 0: no resume yet).
 #include "llmc/gpt2cu.cuh"    // defines: GPT2CU, gpt2cu_build/forward/backward/update, kernels
 #include "llmc/rand.h"        // defines: Rng, rng_init, rng_uniform
 #include "llmc/tokenizer.h"   // defines: Tokenizer, tokenizer_init, tokenizer_print
+#define TRAIN_TABLE_NAME_WIDTH 26
+#define TRAIN_TABLE_VALUE_WIDTH 50
+#include "llmc/train_common.h"  // defines: flag parsing helpers, learning_rate_at, table_row
 
-#define DEFAULT_TRAIN_PATTERN "dev/data/tinyshakespeare/tiny_shakespeare_train.bin"
-#define DEFAULT_VAL_PATTERN "dev/data/tinyshakespeare/tiny_shakespeare_val.bin"
-#define DEFAULT_MODEL_FILE "gpt2_124M.bin"
-#define DEFAULT_MODEL_DESCRIPTOR "d12"
-#define DEFAULT_TOKENIZER_NAME "gpt2_tokenizer.bin"
-#define LOG_FILE_NAME "main.log"
-#define WSD_DECAY_FRACTION 0.2f     // wsd: the last 20% of the steps decay the learning rate
 #define H100_BF16_PEAK_FLOPS 989.4e12  // dense bf16 tensor-core peak of an H100/H200 SXM
 #define OUTLIER_WINDOW 128
-#define PI 3.14159265358979323846
 
 // ----------------------------------------------------------------------------------------------
 // settings and flags
@@ -123,38 +118,6 @@ static void print_usage(FILE* out) {
             "  -pm <str>     NCCL init method mpi|tcp|fs (accepted; used by multi-process runs)\n"
             "  -ps <str>     server address for -pm tcp (accepted)\n"
             "  -pp <str>     shared path for -pm fs (accepted)\n");
-}
-
-static void flag_error(const char* flag, const char* value, const char* what) {
-    fprintf(stderr, "error: flag %s %s: %s\n", flag, value ? value : "", what);
-    print_usage(stderr);
-    exit(1);
-}
-
-static long long parse_integer(const char* flag, const char* value, long long low, long long high) {
-    char* end = NULL;
-    errno = 0;
-    const long long x = strtoll(value, &end, 10);
-    if (value[0] == '\0' || *end != '\0' || errno != 0) flag_error(flag, value, "not an integer");
-    if (x < low || x > high) {
-        char what[128];
-        snprintf(what, sizeof(what), "must be in [%lld, %lld]", low, high);
-        flag_error(flag, value, what);
-    }
-    return x;
-}
-
-static float parse_float(const char* flag, const char* value, double low, double high) {
-    char* end = NULL;
-    errno = 0;
-    const double x = strtod(value, &end);
-    if (value[0] == '\0' || *end != '\0' || errno != 0 || !isfinite(x)) flag_error(flag, value, "not a finite number");
-    if (x < low || x > high) {
-        char what[128];
-        snprintf(what, sizeof(what), "must be in [%g, %g]", low, high);
-        flag_error(flag, value, what);
-    }
-    return (float)x;
 }
 
 static void not_yet(const char* flag, const char* value, const char* what) {
@@ -304,40 +267,6 @@ static void parse_flags(Settings* s, int argc, char** argv) {
 // ----------------------------------------------------------------------------------------------
 // building blocks: errors, time, schedule, outliers, sampling, validation
 
-static void die(void) {
-    fprintf(stderr, "error: %s\n", llmc_error());
-    exit(1);
-}
-
-static double now_seconds(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static int file_exists(const char* path) {
-    struct stat st;
-    return stat(path, &st) == 0 && S_ISREG(st.st_mode);
-}
-
-// The CPU trainer's schedule (csrc/train_gpt2.c): linear warmup, then cosine/linear/constant/wsd.
-static float learning_rate_at(const Settings* s, int step, int num_steps) {
-    const float lr = s->learning_rate;
-    const float min_lr = lr * s->final_lr_frac;
-    if (step < s->warmup_steps) return lr * (float)(step + 1) / (float)s->warmup_steps;
-    if (strcmp(s->schedule, "constant") == 0) return lr;
-    const int decay_steps = num_steps - s->warmup_steps;
-    const float progress = decay_steps > 0 ? (float)(step - s->warmup_steps) / (float)decay_steps : 1.0f;
-    if (strcmp(s->schedule, "cosine") == 0) return min_lr + 0.5f * (1.0f + cosf((float)PI * progress)) * (lr - min_lr);
-    if (strcmp(s->schedule, "linear") == 0) return lr - progress * (lr - min_lr);
-    int decay_start = (int)((1.0f - WSD_DECAY_FRACTION) * (float)num_steps);
-    if (decay_start < s->warmup_steps) decay_start = s->warmup_steps;
-    if (step < decay_start) return lr;
-    const int decay_length = num_steps - decay_start;
-    const float p = decay_length > 0 ? (float)(step - decay_start) / (float)decay_length : 1.0f;
-    return min_lr + (1.0f - sqrtf(p)) * (lr - min_lr);
-}
-
 // z-score of x against the last OUTLIER_WINDOW values (0 until the window is full).
 typedef struct {
     double values[OUTLIER_WINDOW];
@@ -359,21 +288,6 @@ static void outlier_add(OutlierDetector* d, double x) {
     d->values[d->next] = x;
     d->next = (d->next + 1) % OUTLIER_WINDOW;
     if (d->count < OUTLIER_WINDOW) d->count++;
-}
-
-static int sample_token(const float* logits, int V, Rng* rng) {
-    float max_logit = logits[0];
-    for (int i = 1; i < V; i++)
-        if (logits[i] > max_logit) max_logit = logits[i];
-    double total = 0.0;
-    for (int i = 0; i < V; i++) total += exp((double)(logits[i] - max_logit));
-    const double threshold = rng_uniform(rng) * total;
-    double cumulative = 0.0;
-    for (int i = 0; i < V; i++) {
-        cumulative += exp((double)(logits[i] - max_logit));
-        if (threshold < cumulative) return i;
-    }
-    return V - 1;
 }
 
 // Generates gen_T - 1 tokens after an EOT with full forward passes over a (B, T) batch whose first
@@ -407,18 +321,6 @@ static float validation_loss(GPT2CU* model, DataLoader* loader, int num_batches,
 // ----------------------------------------------------------------------------------------------
 // output: directory, log, checkpoints, the settings table
 
-static void make_output_dir(const char* dir) {
-    if (mkdir(dir, 0755) != 0 && errno != EEXIST) {
-        fprintf(stderr, "error: %s: cannot create the output directory: %s\n", dir, strerror(errno));
-        exit(1);
-    }
-    struct stat st;
-    if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode)) {
-        fprintf(stderr, "error: %s: the output path exists and is not a directory\n", dir);
-        exit(1);
-    }
-}
-
 static void save_checkpoint(GPT2CU* model, const char* dir, int step, FILE* log) {
     char path[4096];
     if (snprintf(path, sizeof(path), "%s/model_%08d.bin", dir, step) >= (int)sizeof(path)) {
@@ -436,18 +338,6 @@ static void save_checkpoint(GPT2CU* model, const char* dir, int step, FILE* log)
         fprintf(log, "s:%d checkpoint:%s\n", step, path);
         fflush(log);
     }
-}
-
-static void table_row(FILE* log, const char* name, const char* fmt, ...) __attribute__((format(printf, 3, 4)));
-
-static void table_row(FILE* log, const char* name, const char* fmt, ...) {
-    char value[512];
-    va_list args;
-    va_start(args, fmt);
-    vsnprintf(value, sizeof(value), fmt, args);
-    va_end(args);
-    printf("| %-26s | %-50s |\n", name, value);
-    if (log != NULL) fprintf(log, "# %s %s\n", name, value);
 }
 
 // ----------------------------------------------------------------------------------------------
@@ -636,7 +526,7 @@ int main(int argc, char** argv) {
                 die();
             }
         }
-        const float lr = learning_rate_at(&s, step, num_steps);
+        const float lr = learning_rate_at(s.learning_rate, s.warmup_steps, s.final_lr_frac, s.schedule, step, num_steps);
         adamw.learning_rate = lr;
         gpt2cu_compute_grad_norm(&model, s.grad_clip);
         int skipped = 0;

@@ -77,6 +77,22 @@ __host__ __device__ inline __nv_bfloat16 from_float<__nv_bfloat16>(float x) {
     return __float2bfloat16_rn(x);
 }
 
+// 16-byte packets: the widest load/store one thread can issue (LDG.128 / STG.128). X128 values of
+// floatX fit in one packet (8 bf16 or 4 fp32). Pointers must be 16-byte aligned.
+#define X128 ((int)(16 / sizeof(floatX)))
+template <typename T>
+struct alignas(16) Packed128 {
+    T v[16 / sizeof(T)];
+};
+typedef Packed128<floatX> x128;
+__device__ static inline x128 load128(const floatX* p) { return *reinterpret_cast<const x128*>(p); }
+// streaming load: read once, do not keep in L1/L2 (ld.global.cs)
+__device__ static inline x128 load128cs(const floatX* p) {
+    const int4 raw = __ldcs(reinterpret_cast<const int4*>(p));
+    return *reinterpret_cast<const x128*>(&raw);
+}
+__device__ static inline void store128(floatX* p, const x128& x) { *reinterpret_cast<x128*>(p) = x; }
+
 __host__ __device__ static inline int ceil_div(int a, int b) { return (a + b - 1) / b; }
 __host__ __device__ static inline size_t ceil_div_sz(size_t a, size_t b) { return (a + b - 1) / b; }
 

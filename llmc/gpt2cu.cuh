@@ -114,7 +114,11 @@ typedef struct {
     int* inputs_d;   // (B, T)
     int* targets_d;  // (B, T)
     int* plan_d;     // encoder backward plan (3*B*T + 1)
-    int* plan_h;
+    int* plan_h;     // pinned host memory, like inputs_h and targets_h: asynchronous copies
+    int* inputs_h;   // (B, T) pinned staging of the inputs
+    int* targets_h;  // (B, T) pinned staging of the targets
+    cudaEvent_t upload_done;  // the last upload from the pinned buffers has completed
+    int upload_pending;       // upload_done was recorded and not yet waited for
     int plan_n;
     EncoderPlanner planner;
     float* losses_h;  // (B, T) host copy for the mean
@@ -148,6 +152,7 @@ static void gpt2cu_build_from_host(GPT2CU* model, const GPT2* host, uint64_t see
     model->num_parameters = host->num_parameters;
     const size_t n = model->num_parameters;
     cudaCheck(cudaStreamCreate(&model->stream));
+    cudaCheck(cudaEventCreateWithFlags(&model->upload_done, cudaEventDisableTiming));
     cudaCheck(cudaMalloc(&model->params_memory, n * sizeof(floatX)));
     cudaCheck(cudaMalloc(&model->grads_memory, n * sizeof(floatX)));
     cudaCheck(cudaMemset(model->grads_memory, 0, n * sizeof(floatX)));
@@ -214,10 +219,14 @@ static void gpt2cu_free_activations(GPT2CU* model) {
     if (model->inputs_d) cudaCheck(cudaFree(model->inputs_d));
     if (model->targets_d) cudaCheck(cudaFree(model->targets_d));
     if (model->plan_d) cudaCheck(cudaFree(model->plan_d));
-    free(model->plan_h);
+    if (model->upload_pending) cudaCheck(cudaEventSynchronize(model->upload_done));
+    model->upload_pending = 0;
+    if (model->plan_h) cudaCheck(cudaFreeHost(model->plan_h));
+    if (model->inputs_h) cudaCheck(cudaFreeHost(model->inputs_h));
+    if (model->targets_h) cudaCheck(cudaFreeHost(model->targets_h));
     free(model->losses_h);
     model->inputs_d = model->targets_d = model->plan_d = NULL;
-    model->plan_h = NULL;
+    model->plan_h = model->inputs_h = model->targets_h = NULL;
     model->losses_h = NULL;
     model->B = model->T = 0;
 }
@@ -232,6 +241,7 @@ static void gpt2cu_free(GPT2CU* model) {
     cudaCheck(cudaFree(model->norm_d));
     cudaCheck(cudaFree(model->one_d));
     free(model->planner.counts);
+    cudaCheck(cudaEventDestroy(model->upload_done));
     cudaCheck(cudaStreamDestroy(model->stream));
     memset(model, 0, sizeof(*model));
 }
@@ -285,9 +295,11 @@ static void gpt2cu_allocate_activations(GPT2CU* model, int B, int T) {
     cudaCheck(cudaMalloc(&model->inputs_d, BT * sizeof(int)));
     cudaCheck(cudaMalloc(&model->targets_d, BT * sizeof(int)));
     cudaCheck(cudaMalloc(&model->plan_d, (3 * BT + 1) * sizeof(int)));
-    model->plan_h = (int*)malloc((3 * BT + 1) * sizeof(int));
+    cudaCheck(cudaMallocHost(&model->plan_h, (3 * BT + 1) * sizeof(int)));
+    cudaCheck(cudaMallocHost(&model->inputs_h, BT * sizeof(int)));
+    cudaCheck(cudaMallocHost(&model->targets_h, BT * sizeof(int)));
     model->losses_h = (float*)malloc(BT * sizeof(float));
-    if (model->plan_h == NULL || model->losses_h == NULL) {
+    if (model->losses_h == NULL) {
         fprintf(stderr, "out of host memory for a batch of %d x %d\n", B, T);
         exit(1);
     }
@@ -316,16 +328,23 @@ static int gpt2cu_forward(GPT2CU* model, const int* inputs, const int* targets, 
     ActsCU* a = &model->acts;
     ParamsCU* p = &model->params;
 
-    // pageable host memory: the copy returns once the data is staged, so callers may reuse inputs
-    cudaCheck(cudaMemcpyAsync(model->inputs_d, inputs, BT * sizeof(int), cudaMemcpyHostToDevice, s));
+    // Uploads go through pinned staging buffers, so they are truly asynchronous (a pageable copy
+    // can stall the host until the GPU catches up). Before the host rewrites the buffers it waits
+    // for the previous upload only: the host stays at most one micro-batch ahead of the GPU.
+    if (model->upload_pending) cudaCheck(cudaEventSynchronize(model->upload_done));
+    memcpy(model->inputs_h, inputs, BT * sizeof(int));
+    cudaCheck(cudaMemcpyAsync(model->inputs_d, model->inputs_h, BT * sizeof(int), cudaMemcpyHostToDevice, s));
     if (targets != NULL) {
-        cudaCheck(cudaMemcpyAsync(model->targets_d, targets, BT * sizeof(int), cudaMemcpyHostToDevice, s));
+        memcpy(model->targets_h, targets, BT * sizeof(int));
+        cudaCheck(cudaMemcpyAsync(model->targets_d, model->targets_h, BT * sizeof(int), cudaMemcpyHostToDevice, s));
     }
     if (mode == FORWARD_TRAIN) {
         model->plan_n = encoder_backward_plan(&model->planner, inputs, BT, model->plan_h);
         cudaCheck(cudaMemcpyAsync(model->plan_d, model->plan_h, (2 * model->plan_n + 1 + BT) * sizeof(int),
                                   cudaMemcpyHostToDevice, s));
     }
+    cudaCheck(cudaEventRecord(model->upload_done, s));
+    model->upload_pending = 1;
 
     encoder_forward(a->encoded, model->inputs_d, p->wte, p->wpe, B, T, C, s);
     layernorm_forward(a->ln1, a->ln1_mean, a->ln1_rstd, a->encoded, p->ln1w, p->ln1b, BT, C, s);
