@@ -132,3 +132,20 @@ llmc_add_cuda_program(train_gpt2cu csrc/train_gpt2cu.cu)
 llmc_add_cuda_program(train_gpt2cu_fp32 csrc/train_gpt2cu.cu LLMC_FP32)
 llmc_add_cuda_program(test_gpt2cu csrc/test_gpt2cu.cu)
 llmc_add_cuda_program(test_gpt2cu_fp32 csrc/test_gpt2cu.cu LLMC_FP32)
+
+# ---- dev/cuda: one check-and-benchmark program per kernel ------------------------------------
+# Built with everything else so that CI (no GPU) compiles every one of them; `cmake --build build
+# --target dev_cuda` builds just these. Each program includes the production kernels from llmc/.
+# A pip build skips them: it installs the trainers only.
+if(SKBUILD)
+  return()
+endif()
+file(GLOB _llmc_dev_cuda_sources CONFIGURE_DEPENDS "${CMAKE_CURRENT_SOURCE_DIR}/dev/cuda/*.cu")
+add_custom_target(dev_cuda)
+foreach(source IN LISTS _llmc_dev_cuda_sources)
+  get_filename_component(kernel "${source}" NAME_WE)
+  llmc_add_cuda_program(dev_cuda_${kernel} "${source}")
+  set_target_properties(dev_cuda_${kernel} PROPERTIES OUTPUT_NAME ${kernel}
+                        RUNTIME_OUTPUT_DIRECTORY "${CMAKE_BINARY_DIR}/dev_cuda")
+  add_dependencies(dev_cuda dev_cuda_${kernel})
+endforeach()
