@@ -37,6 +37,6 @@ else
     # small enough for a laptop-class CPU: d6 (6 layers, C=384), batch 8 x 64 tokens
     echo "== train GPT-2 d6 from scratch on the CPU (no GPU found)"
     train_gpt2 -i "$DATA_DIR/tiny_shakespeare_train.bin" -j "$DATA_DIR/tiny_shakespeare_val.bin" \
-        -tk "$DATA_DIR/gpt2_tokenizer.bin" -e d6 -b 8 -t 64 -x 60 -l 1e-3 -u 10 -v 20 -m 4 \
-        -s 30 -g 48 -o "$OUT_DIR" "$@"
+        -tk "$DATA_DIR/gpt2_tokenizer.bin" -e d6 -b 8 -t 64 -x 200 -l 1e-3 -u 20 -q 0.1 -v 50 -m 4 \
+        -s 100 -g 48 -o "$OUT_DIR" "$@"
 fi
