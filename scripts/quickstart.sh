@@ -13,7 +13,12 @@ DATA_DIR=dev/data/tinyshakespeare
 OUT_DIR=${LLMC_OUT_DIR:-out/quickstart}
 
 echo "== install llmc (C engine, Python package, train_gpt2 / test_gpt2 on PATH)"
-"$PYTHON" -m pip install -q .
+# with the build tools already installed, build without an isolated environment (works offline)
+if "$PYTHON" -c "import scikit_build_core, pybind11" 2>/dev/null; then
+    "$PYTHON" -m pip install -q --no-build-isolation .
+else
+    "$PYTHON" -m pip install -q .
+fi
 BIN_DIR=$("$PYTHON" -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
 export PATH="$BIN_DIR:$PATH"
 
