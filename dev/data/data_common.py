@@ -9,6 +9,7 @@ the EOT token (50256), so EOT separates documents in the concatenated stream.
 
 from __future__ import annotations
 
+import argparse
 import glob
 import json
 import multiprocessing as mp
@@ -184,6 +185,56 @@ def expand_inputs(patterns: Sequence[str]) -> list[str]:
     return files
 
 
+def add_tokenizer_argument(parser: argparse.ArgumentParser) -> None:
+    """--tokenizer-dir: where GPT-2's BPE files are for offline use."""
+    parser.add_argument(
+        "--tokenizer-dir",
+        default=None,
+        help="directory with GPT-2's vocab.bpe and encoder.json for offline use "
+        "(default: $LLMC_TOKENIZER_DIR, else tiktoken's download)",
+    )
+
+
+def add_sharding_arguments(
+    parser: argparse.ArgumentParser, default_shard_size: int, *shard_size_flags: str
+) -> None:
+    """--shard-size (under the given flag names), --tokenizer-dir and --processes."""
+    parser.add_argument(
+        *shard_size_flags,
+        dest="shard_size",
+        type=int,
+        default=default_shard_size,
+        help="tokens per shard",
+    )
+    add_tokenizer_argument(parser)
+    parser.add_argument(
+        "--processes", type=int, default=default_processes(), help="tokenizer processes"
+    )
+
+
+def check_sharding_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Rejects non-positive --shard-size and --processes through the parser's error path."""
+    if args.shard_size <= 0:
+        parser.error(f"--shard-size must be positive, got {args.shard_size}")
+    if args.processes <= 0:
+        parser.error(f"--processes must be positive, got {args.processes}")
+
+
+def read_jsonl_objects(path: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) for every non-blank line of a jsonl file; ValueError names the line."""
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{lineno}: invalid JSON: {e}") from None
+            if not isinstance(record, dict):
+                raise ValueError(f"{path}:{lineno}: expected a JSON object")
+            yield lineno, record
+
+
 def split_text_documents(text: str) -> list[str]:
     """Documents of a .txt file: blocks separated by blank lines, stripped, empty ones dropped."""
     return [block.strip() for block in text.split("\n\n") if block.strip()]
@@ -195,17 +246,11 @@ def _iter_txt(path: str) -> Iterator[str]:
 
 
 def _iter_jsonl(path: str, field: str) -> Iterator[str]:
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: invalid JSON: {e}") from None
-            if not isinstance(record, dict) or not isinstance(record.get(field), str):
-                raise ValueError(f"{path}:{lineno}: expected an object with a string {field!r}")
-            yield record[field]
+    for lineno, record in read_jsonl_objects(path):
+        text = record.get(field)
+        if not isinstance(text, str):
+            raise ValueError(f"{path}:{lineno}: expected an object with a string {field!r}")
+        yield text
 
 
 def _iter_parquet(path: str, field: str) -> Iterator[str]:

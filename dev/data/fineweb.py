@@ -18,7 +18,8 @@ from collections.abc import Iterator
 
 from data_common import (
     LOCAL_INPUT_HELP,
-    default_processes,
+    add_sharding_arguments,
+    check_sharding_arguments,
     expand_inputs,
     iter_local_documents,
     write_document_shards,
@@ -63,23 +64,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--name", default=None, help="shard name prefix (default: fineweb or edu_fineweb)"
     )
-    parser.add_argument(
-        "-s", "--shard-size", type=int, default=DEFAULT_SHARD_SIZE, help="tokens per shard"
-    )
-    parser.add_argument(
-        "--tokenizer-dir",
-        default=None,
-        help="directory with GPT-2's vocab.bpe and encoder.json for offline use "
-        "(default: $LLMC_TOKENIZER_DIR, else tiktoken's download)",
-    )
-    parser.add_argument(
-        "--processes", type=int, default=default_processes(), help="tokenizer processes"
-    )
+    add_sharding_arguments(parser, DEFAULT_SHARD_SIZE, "-s", "--shard-size")
     args = parser.parse_args(argv)
-    if args.shard_size <= 0:
-        parser.error(f"--shard-size must be positive, got {args.shard_size}")
-    if args.processes <= 0:
-        parser.error(f"--processes must be positive, got {args.processes}")
+    check_sharding_arguments(parser, args)
     name = args.name or SHARD_NAMES[args.type]
     output_dir = args.output_dir or os.path.join(HERE, f"{name}{args.version}")
 

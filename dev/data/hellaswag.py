@@ -16,7 +16,6 @@ training; `evaluate()` is the Python reference of the same scoring:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import urllib.request
 from collections.abc import Callable, Sequence
@@ -24,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from data_common import write_evalfile
+from data_common import add_tokenizer_argument, read_jsonl_objects, write_evalfile
 
 from llmc.config import GPT2_VOCAB_SIZE
 from llmc.formats import EvalExample, atomic_write, read_model_header
@@ -46,31 +45,21 @@ LogitsFn = Callable[[np.ndarray], np.ndarray]
 def read_jsonl(path: str) -> list[dict[str, Any]]:
     """HellaSwag records of a jsonl file: each needs ctx (str), endings (list of str), label."""
     records = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: invalid JSON: {e}") from None
-            if not isinstance(record, dict):
-                raise ValueError(f"{path}:{lineno}: expected a JSON object")
-            ctx, endings, label = record.get("ctx"), record.get("endings"), record.get("label")
-            if not isinstance(ctx, str):
-                raise ValueError(f"{path}:{lineno}: 'ctx' must be a string")
-            if (
-                not isinstance(endings, list)
-                or not endings
-                or not all(isinstance(e, str) for e in endings)
-            ):
-                raise ValueError(f"{path}:{lineno}: 'endings' must be a non-empty list of strings")
-            if not isinstance(label, int) or not 0 <= label < len(endings):
-                raise ValueError(
-                    f"{path}:{lineno}: 'label' must be an integer in [0, {len(endings)}), "
-                    f"got {label!r}"
-                )
-            records.append(record)
+    for lineno, record in read_jsonl_objects(path):
+        ctx, endings, label = record.get("ctx"), record.get("endings"), record.get("label")
+        if not isinstance(ctx, str):
+            raise ValueError(f"{path}:{lineno}: 'ctx' must be a string")
+        if (
+            not isinstance(endings, list)
+            or not endings
+            or not all(isinstance(e, str) for e in endings)
+        ):
+            raise ValueError(f"{path}:{lineno}: 'endings' must be a non-empty list of strings")
+        if not isinstance(label, int) or not 0 <= label < len(endings):
+            raise ValueError(
+                f"{path}:{lineno}: 'label' must be an integer in [0, {len(endings)}), got {label!r}"
+            )
+        records.append(record)
     if not records:
         raise ValueError(f"{path}: no examples")
     return records
@@ -218,12 +207,7 @@ def main(argv: list[str] | None = None) -> None:
         "--split", choices=sorted(URLS), default="val", help="split to download and name files by"
     )
     parser.add_argument("--output-dir", default=DEFAULT_OUTPUT_DIR, help="where to write")
-    parser.add_argument(
-        "--tokenizer-dir",
-        default=None,
-        help="directory with GPT-2's vocab.bpe and encoder.json for offline use "
-        "(default: $LLMC_TOKENIZER_DIR, else tiktoken's download)",
-    )
+    add_tokenizer_argument(parser)
     parser.add_argument("--limit", type=int, default=0, help="use only the first N examples")
     parser.add_argument("--model", help="model .bin to score with the PyTorch reference")
     parser.add_argument("--device", default="cpu", help="torch device for --model")

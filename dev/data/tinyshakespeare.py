@@ -17,7 +17,7 @@ import os
 import urllib.request
 
 import numpy as np
-from data_common import write_datafile
+from data_common import add_tokenizer_argument, write_datafile
 
 from llmc.formats import atomic_write
 from llmc.tokenizer import encode_document, get_encoding, write_tokenizer
@@ -47,12 +47,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--input", help="local text file instead of downloading")
     parser.add_argument("--output-dir", default=DEFAULT_OUTPUT_DIR, help="where to write")
-    parser.add_argument(
-        "--tokenizer-dir",
-        default=None,
-        help="directory with GPT-2's vocab.bpe and encoder.json for offline use "
-        "(default: $LLMC_TOKENIZER_DIR, else tiktoken's download)",
-    )
+    add_tokenizer_argument(parser)
     args = parser.parse_args(argv)
     if args.input and not os.path.isfile(args.input):
         parser.error(f"--input {args.input}: no such file")

@@ -16,7 +16,8 @@ from collections.abc import Iterator
 
 from data_common import (
     LOCAL_INPUT_HELP,
-    default_processes,
+    add_sharding_arguments,
+    check_sharding_arguments,
     expand_inputs,
     iter_local_documents,
     write_document_shards,
@@ -45,23 +46,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--input", nargs="+", help=LOCAL_INPUT_HELP)
     parser.add_argument("--output-dir", default=DEFAULT_OUTPUT_DIR, help="where to write")
-    parser.add_argument(
-        "--shard-size", type=int, default=DEFAULT_SHARD_SIZE, help="tokens per shard"
-    )
-    parser.add_argument(
-        "--tokenizer-dir",
-        default=None,
-        help="directory with GPT-2's vocab.bpe and encoder.json for offline use "
-        "(default: $LLMC_TOKENIZER_DIR, else tiktoken's download)",
-    )
-    parser.add_argument(
-        "--processes", type=int, default=default_processes(), help="tokenizer processes"
-    )
+    add_sharding_arguments(parser, DEFAULT_SHARD_SIZE, "--shard-size")
     args = parser.parse_args(argv)
-    if args.shard_size <= 0:
-        parser.error(f"--shard-size must be positive, got {args.shard_size}")
-    if args.processes <= 0:
-        parser.error(f"--processes must be positive, got {args.processes}")
+    check_sharding_arguments(parser, args)
 
     if args.input:
         try:
