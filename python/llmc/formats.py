@@ -476,27 +476,28 @@ def write_shard(path: PathLike, tokens: Sequence[int] | np.ndarray) -> None:
         _write_array(f, arr.astype("<u2", copy=False))
 
 
+def _open_shard(f: BinaryIO, path: str) -> int:
+    """Validates the header and size of the shard open in `f`; returns its token count."""
+    header = _read_header(f, path, "token shard", SHARD_MAGIC, (SHARD_VERSION,))
+    n = int(header[2])
+    if n <= 0:
+        raise ValueError(f"{path}: token shard is empty (header says {n} tokens)")
+    _check_size(path, "token shard", os.fstat(f.fileno()).st_size, 2 * n)
+    return n
+
+
 def read_shard_header(path: PathLike) -> int:
     """Number of tokens of a shard, from its header (the file size is checked too)."""
     path = os.fspath(path)
     with open(path, "rb") as f:
-        header = _read_header(f, path, "token shard", SHARD_MAGIC, (SHARD_VERSION,))
-        n = int(header[2])
-        if n <= 0:
-            raise ValueError(f"{path}: token shard is empty (header says {n} tokens)")
-        _check_size(path, "token shard", os.fstat(f.fileno()).st_size, 2 * n)
-    return n
+        return _open_shard(f, path)
 
 
 def read_shard(path: PathLike, vocab_size: int | None = None) -> np.ndarray:
     """Read a token shard as uint16; with `vocab_size`, every id is checked to be below it."""
     path = os.fspath(path)
     with open(path, "rb") as f:
-        header = _read_header(f, path, "token shard", SHARD_MAGIC, (SHARD_VERSION,))
-        n = int(header[2])
-        if n <= 0:
-            raise ValueError(f"{path}: token shard is empty (header says {n} tokens)")
-        _check_size(path, "token shard", os.fstat(f.fileno()).st_size, 2 * n)
+        n = _open_shard(f, path)
         tokens = _read_array(f, path, "<u2", n).astype(np.uint16, copy=False)
     if vocab_size is not None:
         _check_token_range(path, "token shard", tokens, vocab_size)
