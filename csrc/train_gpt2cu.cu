@@ -12,8 +12,12 @@ norm and the clip factor are computed on the device and read by AdamW there; the
 and norm are read back: the one host synchronization of a step (two when -sl/-sg ask to skip
 outliers, which must know the loss before the update).
 
-Phase 1 (see docs/benchmarks.md, CUDA engine): one process only (-pn 1, -z 0), no recompute (-r 0),
-no HellaSwag (-h 0), checkpoints hold the model only (-y 0: no resume yet).
+Phase 1 (see docs/benchmarks.md, CUDA engine): one process only (-pn 1, -z 0). -r 1/2 recompute the
+GELU (and the layernorms) in the backward to save memory; -h 1 scores a HellaSwag eval file with the
+validation (llmc/evalloader.h, the rule of dev/data/hellaswag.py). Checkpoints (-n, -o) hold the
+model and the optimizer state, and -y 1 resumes from the latest one exactly: the resumed run's
+losses are bit-identical to an uninterrupted run's (same flags). Not saved: the -sl/-sg outlier
+windows (they refill after a resume).
 
     ./train_gpt2cu -i "data/train_*.bin" -j "data/val_*.bin" -e d12 -b 64 -t 1024 -d 524288 -x 100
 */
@@ -25,11 +29,13 @@ no HellaSwag (-h 0), checkpoints hold the model only (-y 0: no resume yet).
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dirent.h>
 #include <sys/stat.h>
 #include <time.h>
 
 #include "llmc/dataloader.h"  // defines: DataLoader, dataloader_init, dataloader_next_batch
 #include "llmc/error.h"       // defines: llmc_error, LLMC_OK
+#include "llmc/evalloader.h"  // defines: EvalLoader, evalloader_init (HellaSwag)
 #include "llmc/gpt2cu.cuh"    // defines: GPT2CU, gpt2cu_build/forward/backward/update, kernels
 #include "llmc/rand.h"        // defines: Rng, rng_init, rng_uniform
 #include "llmc/tokenizer.h"   // defines: Tokenizer, tokenizer_init, tokenizer_print
@@ -39,6 +45,7 @@ no HellaSwag (-h 0), checkpoints hold the model only (-y 0: no resume yet).
 
 #define H100_BF16_PEAK_FLOPS 989.4e12  // dense bf16 tensor-core peak of an H100/H200 SXM
 #define OUTLIER_WINDOW 128
+#define DEFAULT_HELLASWAG_FILE "dev/data/hellaswag/hellaswag_val.bin"
 
 // ----------------------------------------------------------------------------------------------
 // settings and flags
@@ -66,6 +73,7 @@ typedef struct {
     int resume;
     int recompute;
     int hellaswag;
+    const char* hellaswag_path;
     float skip_loss_z;  // -sl: skip the update when the loss z-score exceeds this (0: off)
     float skip_norm_z;  // -sg: same for the gradient norm
     const char* tokenizer_path;
@@ -101,10 +109,12 @@ static void print_usage(FILE* out) {
             "  -m <int>      validation batches, -1: all (default 20)\n"
             "  -s <int>      sample every N steps, 0: only at the end (default 20)\n"
             "  -g <int>      sample length in tokens, at most T (default 64)\n"
-            "  -n <int>      checkpoint (model file) every N steps, 0: only at the end (default 0)\n"
-            "  -y <0|1>      resume from the latest checkpoint (phase 1: 0 only)\n"
-            "  -r <int>      recompute level to save memory (phase 1: 0 only)\n"
-            "  -h <0|1>      HellaSwag eval (phase 1: 0 only); -h alone or --help: this help\n"
+            "  -n <int>      checkpoint (model + optimizer state) every N steps, 0: only at the end (default 0)\n"
+            "  -y <0|1>      resume from the latest complete checkpoint in -o (none there: start fresh)\n"
+            "  -r <int>      recompute to save memory: 0 none, 1 GELU, 2 GELU + layernorms (default 0)\n"
+            "  -h <0|1>      HellaSwag eval with the validation (every -v steps and at the end);\n"
+            "                -h alone or --help: this help\n"
+            "  -hf <path>    HellaSwag eval file (default " DEFAULT_HELLASWAG_FILE ")\n"
             "  -sl <float>   skip the update when the loss z-score exceeds this, 0: off (default 0)\n"
             "  -sg <float>   skip the update when the grad-norm z-score exceeds this, 0: off\n"
             "  -tk <path>    tokenizer .bin (default " DEFAULT_TOKENIZER_NAME " next to the training data)\n"
@@ -141,6 +151,7 @@ static void parse_flags(Settings* s, int argc, char** argv) {
     s->sample_every = 20;
     s->gen_T = 64;
     s->seed = 1337;
+    s->hellaswag_path = DEFAULT_HELLASWAG_FILE;
     s->grad_clip = 1.0f;
     s->shuffle = 1;
     s->num_processes = 1;
@@ -203,13 +214,12 @@ static void parse_flags(Settings* s, int argc, char** argv) {
             s->checkpoint_every = (int)parse_integer(flag, v, 0, INT_MAX);
         } else if (strcmp(flag, "-y") == 0) {
             s->resume = (int)parse_integer(flag, v, 0, 1);
-            if (s->resume != 0) not_yet(flag, v, "resuming (optimizer + dataloader state)");
         } else if (strcmp(flag, "-r") == 0) {
             s->recompute = (int)parse_integer(flag, v, 0, 2);
-            if (s->recompute != 0) not_yet(flag, v, "activation recomputation");
         } else if (strcmp(flag, "-h") == 0) {
             s->hellaswag = (int)parse_integer(flag, v, 0, 1);
-            if (s->hellaswag != 0) not_yet(flag, v, "HellaSwag evaluation");
+        } else if (strcmp(flag, "-hf") == 0) {
+            s->hellaswag_path = v;
         } else if (strcmp(flag, "-sl") == 0) {
             s->skip_loss_z = parse_float(flag, v, 0.0, 1e30);
         } else if (strcmp(flag, "-sg") == 0) {
@@ -249,6 +259,7 @@ static void parse_flags(Settings* s, int argc, char** argv) {
             flag_error(flag, NULL, "unknown flag");
         }
     }
+    if (s->resume && s->output_dir == NULL) flag_error("-y", "1", "resuming needs the checkpoint directory -o");
     if (s->gen_T > s->T) {
         char value[32];
         snprintf(value, sizeof(value), "%d", s->gen_T);
@@ -318,26 +329,142 @@ static float validation_loss(GPT2CU* model, DataLoader* loader, int num_batches,
     return (float)(sum / num_batches);
 }
 
+// Multiple-choice accuracy (dev/data/hellaswag.py evaluate()): every completion is a row, context +
+// completion padded with token 0 to T; rows go B at a time through a FORWARD_LOSS pass, and a
+// completion's loss is the sum of the per-position losses that predict its tokens. The completion
+// with the lowest average loss wins (*correct_norm, llm.c's HellaSwag number), with the lowest total
+// (*correct); ties go to the lower index. inputs, targets: (B, T) host scratch.
+static void eval_multiple_choice(GPT2CU* model, const EvalLoader* ev, int B, int T, int* inputs, int* targets,
+                                 int* correct, int* correct_norm) {
+    size_t num_rows = 0;
+    for (size_t i = 0; i < ev->num_examples; i++) num_rows += (size_t)ev->examples[i].num_completions;
+    double* totals = (double*)malloc(num_rows * sizeof(double));
+    size_t* row_example = (size_t*)malloc(num_rows * sizeof(size_t));
+    if (totals == NULL || row_example == NULL) {
+        fprintf(stderr, "error: out of host memory for %zu eval rows\n", num_rows);
+        exit(1);
+    }
+    size_t r = 0;
+    for (size_t i = 0; i < ev->num_examples; i++) {
+        for (int c = 0; c < ev->examples[i].num_completions; c++) row_example[r++] = i;
+    }
+    for (size_t first = 0; first < num_rows; first += (size_t)B) {
+        memset(inputs, 0, (size_t)B * T * sizeof(int));
+        memset(targets, 0, (size_t)B * T * sizeof(int));
+        for (int b = 0; b < B && first + b < num_rows; b++) {
+            const size_t row = first + b;
+            const EvalExample* ex = &ev->examples[row_example[row]];
+            // the example's completions are rows (ex->completions - ev->completion_ptrs) onwards
+            const int which = (int)(row - (size_t)(ex->completions - ev->completion_ptrs));
+            int* in = inputs + (size_t)b * T;
+            int* tg = targets + (size_t)b * T;
+            const int ctx = ex->context_length, len = ex->completion_lengths[which];
+            for (int t = 0; t < ctx; t++) in[t] = ex->context[t];
+            for (int t = 0; t < len; t++) in[ctx + t] = ex->completions[which][t];
+            for (int t = 0; t + 1 < ctx + len; t++) tg[t] = in[t + 1];
+        }
+        if (gpt2cu_forward(model, inputs, targets, B, T, FORWARD_LOSS, 1.0f) != LLMC_OK) die();
+        gpt2cu_read_mean_loss(model);  // waits, and leaves the per-position losses in losses_h
+        for (int b = 0; b < B && first + b < num_rows; b++) {
+            const size_t row = first + b;
+            const EvalExample* ex = &ev->examples[row_example[row]];
+            const int which = (int)(row - (size_t)(ex->completions - ev->completion_ptrs));
+            const int ctx = ex->context_length, len = ex->completion_lengths[which];
+            double sum = 0.0;
+            for (int t = ctx - 1; t < ctx - 1 + len; t++) sum += model->losses_h[(size_t)b * T + t];
+            totals[row] = sum;
+        }
+    }
+    *correct = *correct_norm = 0;
+    r = 0;
+    for (size_t i = 0; i < ev->num_examples; i++) {
+        const EvalExample* ex = &ev->examples[i];
+        int best = 0, best_norm = 0;
+        for (int c = 1; c < ex->num_completions; c++) {
+            if (totals[r + c] < totals[r + best]) best = c;
+            if (totals[r + c] / ex->completion_lengths[c] <
+                totals[r + best_norm] / ex->completion_lengths[best_norm]) {
+                best_norm = c;
+            }
+        }
+        *correct += best == ex->label;
+        *correct_norm += best_norm == ex->label;
+        r += (size_t)ex->num_completions;
+    }
+    free(totals);
+    free(row_example);
+}
+
 // ----------------------------------------------------------------------------------------------
 // output: directory, log, checkpoints, the settings table
 
-static void save_checkpoint(GPT2CU* model, const char* dir, int step, FILE* log) {
-    char path[4096];
-    if (snprintf(path, sizeof(path), "%s/model_%08d.bin", dir, step) >= (int)sizeof(path)) {
+// A checkpoint of step k is model_%08d.bin (the parameters as the build holds them: bf16 v5 or
+// fp32 v3), state_%08d_00000.bin (gpt2cu_save_state: AdamW, master weights, RNGs, data position)
+// and DONE_%08d, an empty marker written last: a checkpoint without it (a run killed while
+// writing) is ignored by -y 1. Model and state are written to .tmp files and renamed.
+static void checkpoint_path(char* out, size_t size, const char* dir, const char* kind, int step) {
+    int n;
+    if (strcmp(kind, "state") == 0) {
+        n = snprintf(out, size, "%s/state_%08d_%05d.bin", dir, step, 0);
+    } else if (strcmp(kind, "DONE") == 0) {
+        n = snprintf(out, size, "%s/DONE_%08d", dir, step);
+    } else {
+        n = snprintf(out, size, "%s/model_%08d.bin", dir, step);
+    }
+    if (n < 0 || (size_t)n >= size) {
         fprintf(stderr, "error: %s: output directory path too long\n", dir);
         exit(1);
     }
+}
+
+static void save_checkpoint(GPT2CU* model, const char* dir, const TrainState* ts, FILE* log) {
+    char path[4096], state_path[4096], done_path[4096];
+    checkpoint_path(path, sizeof(path), dir, "model", ts->step);
+    checkpoint_path(state_path, sizeof(state_path), dir, "state", ts->step);
+    checkpoint_path(done_path, sizeof(done_path), dir, "DONE", ts->step);
+    remove(done_path);  // an older checkpoint of this step is incomplete from now on
 #ifdef LLMC_FP32
     const int version = GPT2_MODEL_VERSION_FP32;
 #else
     const int version = GPT2_MODEL_VERSION_BF16;
 #endif
     if (gpt2cu_save_checkpoint(model, path, version) != LLMC_OK) die();
-    printf("saved checkpoint %s\n", path);
+    if (gpt2cu_save_state(model, state_path, ts) != LLMC_OK) die();
+    FILE* done = fopen(done_path, "wb");
+    if (done == NULL || fclose(done) != 0) {
+        fprintf(stderr, "error: %s: cannot write the checkpoint marker: %s\n", done_path, strerror(errno));
+        exit(1);
+    }
+    printf("saved checkpoint %s + %s\n", path, state_path);
     if (log != NULL) {
-        fprintf(log, "s:%d checkpoint:%s\n", step, path);
+        fprintf(log, "s:%d checkpoint:%s\n", ts->step, path);
         fflush(log);
     }
+}
+
+// The step of the latest complete checkpoint in dir (DONE_%08d with the model and state files
+// present), or -1 when there is none.
+static int latest_checkpoint(const char* dir) {
+    DIR* d = opendir(dir);
+    if (d == NULL) return -1;
+    int best = -1;
+    struct dirent* e;
+    while ((e = readdir(d)) != NULL) {
+        const char* name = e->d_name;
+        if (strncmp(name, "DONE_", 5) != 0 || strlen(name) != 13) continue;
+        int step = 0, digits = 1;
+        for (int i = 5; i < 13; i++) {
+            if (name[i] < '0' || name[i] > '9') digits = 0;
+            step = step * 10 + (name[i] - '0');
+        }
+        if (!digits || step <= best) continue;
+        char model_path[4096], state_path[4096];
+        checkpoint_path(model_path, sizeof(model_path), dir, "model", step);
+        checkpoint_path(state_path, sizeof(state_path), dir, "state", step);
+        if (file_exists(model_path) && file_exists(state_path)) best = step;
+    }
+    closedir(d);
+    return best;
 }
 
 // ----------------------------------------------------------------------------------------------
@@ -356,13 +483,21 @@ int main(int argc, char** argv) {
     // the model
     const char* init = s.init;
     if (init == NULL) init = file_exists(DEFAULT_MODEL_FILE) ? DEFAULT_MODEL_FILE : DEFAULT_MODEL_DESCRIPTOR;
+    // -y 1: the latest complete checkpoint in -o replaces -e (none there: a fresh start)
+    const int resume_step = s.resume ? latest_checkpoint(s.output_dir) : -1;
+    char resume_model[4096], resume_state[4096];
+    if (resume_step >= 0) {
+        checkpoint_path(resume_model, sizeof(resume_model), s.output_dir, "model", resume_step);
+        checkpoint_path(resume_state, sizeof(resume_state), s.output_dir, "state", resume_step);
+        init = resume_model;
+    }
     GPT2CU model;
-    if (gpt2cu_build(&model, init, s.seed) != LLMC_OK) die();
+    if (gpt2cu_build(&model, init, s.seed) != LLMC_OK || gpt2cu_set_recompute(&model, s.recompute) != LLMC_OK) die();
     const GPT2Config* cfg = &model.config;
     if (s.T > cfg->max_seq_len) {
         char value[32], what[160];
         snprintf(value, sizeof(value), "%d", s.T);
-        snprintf(what, sizeof(what), "longer than the model's maximum sequence length %d (%s)", cfg->max_seq_len, init);
+        snprintf(what, sizeof(what), "longer than the model's maximum sequence length %d (%.100s)", cfg->max_seq_len, init);
         flag_error("-t", value, what);
     }
 
@@ -400,6 +535,36 @@ int main(int argc, char** argv) {
         num_steps = epoch_steps == 0 ? 1 : (epoch_steps < INT_MAX ? (int)epoch_steps : INT_MAX - 1);
     }
 
+    // resume: optimizer, master weights, RNGs and the data position of the checkpoint
+    int start_step = 0;
+    Rng sample_rng;
+    rng_init(&sample_rng, s.seed);
+    if (resume_step >= 0) {
+        TrainState ts;
+        if (gpt2cu_load_state(&model, resume_state, &ts) != LLMC_OK) die();
+        const char* bad = NULL;
+        if (ts.step != resume_step) {
+            bad = "its step differs from the step in its name";
+        } else if (ts.shuffle != s.shuffle) {
+            bad = ts.shuffle ? "written by a run that shuffled the data (this run has -sh 0)"
+                             : "written by a run that did not shuffle the data (this run has -sh 1)";
+        } else if (ts.shuffle && ts.shuffle_seed != s.seed) {
+            bad = "written by a run with another -seed (the data order would differ)";
+        } else if (ts.step > num_steps) {
+            bad = "its step is beyond this run's last step (-x)";
+        }
+        if (bad != NULL) {
+            fprintf(stderr, "error: %s: cannot resume: %s\n", resume_state, bad);
+            exit(1);
+        }
+        if (dataloader_resume(&train_loader, ts.shard_index, (size_t)ts.sample_index) != LLMC_OK) {
+            fprintf(stderr, "error: %s: bad dataloader position: %s\n", resume_state, llmc_error());
+            exit(1);
+        }
+        sample_rng.state = ts.sample_rng;
+        start_step = ts.step;
+    }
+
     // the tokenizer, for samples
     Tokenizer tokenizer;
     int use_tokenizer = 0;
@@ -428,13 +593,24 @@ int main(int argc, char** argv) {
         use_tokenizer = 0;
     }
 
+    // HellaSwag
+    EvalLoader hellaswag;
+    if (s.hellaswag) {
+        if (evalloader_init(&hellaswag, s.hellaswag_path, cfg->vocab_size) != LLMC_OK) die();
+        if (hellaswag.max_row_length > s.T) {
+            fprintf(stderr, "error: %s: an example has %d tokens (context + completion), more than -t %d\n",
+                    s.hellaswag_path, hellaswag.max_row_length, s.T);
+            exit(1);
+        }
+    }
+
     // the log
     FILE* log = NULL;
     if (s.output_dir != NULL) {
         make_output_dir(s.output_dir);
         char log_path[4096];
         snprintf(log_path, sizeof(log_path), "%s/%s", s.output_dir, LOG_FILE_NAME);
-        log = fopen(log_path, "w");
+        log = fopen(log_path, resume_step >= 0 ? "a" : "w");
         if (log == NULL) {
             fprintf(stderr, "error: %s: cannot open the log file: %s\n", log_path, strerror(errno));
             exit(1);
@@ -471,10 +647,17 @@ int main(int argc, char** argv) {
     table_row(log, "val every / batches", "%d / %d", s.val_every, val_num_batches);
     table_row(log, "sample every / length", "%d / %d", s.sample_every, s.gen_T);
     table_row(log, "checkpoint every", "%d", s.checkpoint_every);
+    if (resume_step >= 0) {
+        table_row(log, "resumed from", "step %d (%.400s)", resume_step, resume_state);
+    } else {
+        table_row(log, "resume", "%s", s.resume ? "no checkpoint found: fresh start" : "no");
+    }
     table_row(log, "tokenizer", "%s%s", tokenizer_path, tokenizer_note);
     table_row(log, "seed / shuffle", "%llu / %d", s.seed, s.shuffle);
     table_row(log, "zero / processes / rank", "%d / %d / %d", s.zero_stage, s.num_processes, s.process_rank);
-    table_row(log, "recompute / hellaswag", "%d / %d", s.recompute, s.hellaswag);
+    table_row(log, "recompute", "%d", s.recompute);
+    table_row(log, "hellaswag", "%.400s", s.hellaswag ? s.hellaswag_path : "off");
+    if (s.hellaswag) table_row(log, "hellaswag examples", "%zu", hellaswag.num_examples);
     table_row(log, "FLOPs per token", "%.4g", flops_per_token);
     printf("+----------------------------+----------------------------------------------------+\n");
     if (log != NULL) fflush(log);
@@ -482,11 +665,10 @@ int main(int argc, char** argv) {
 
     // ------------------------------------------------------------------------------------------
     // training
-    Rng sample_rng;
-    rng_init(&sample_rng, s.seed);
     int* gen_tokens = (int*)malloc((size_t)s.B * s.T * sizeof(int));
     float* logits_row = (float*)malloc((size_t)cfg->padded_vocab_size * sizeof(float));
-    if (gen_tokens == NULL || logits_row == NULL) {
+    int* eval_targets = (int*)malloc((size_t)s.B * s.T * sizeof(int));
+    if (gen_tokens == NULL || logits_row == NULL || eval_targets == NULL) {
         fprintf(stderr, "error: out of host memory\n");
         exit(1);
     }
@@ -497,16 +679,26 @@ int main(int argc, char** argv) {
     const long long tokens_per_step = (long long)s.B * s.T * grad_accum;
     double timed_seconds = 0.0;
     int timed_steps = 0;
-    int last_checkpoint = -1;
     size_t peak_bytes = 0;
     const double start = now_seconds();
-    for (int step = 0; step <= num_steps; step++) {
+    for (int step = start_step; step <= num_steps; step++) {
         const int last_step = step == num_steps;
         if (use_val && (step % s.val_every == 0 || last_step)) {
             const float val_loss = validation_loss(&model, &val_loader, val_num_batches, s.B, s.T);
             printf("val loss %f\n", val_loss);
             if (log != NULL) {
                 fprintf(log, "s:%d tel:%f\n", step, val_loss);
+                fflush(log);
+            }
+        }
+        if (s.hellaswag && ((s.val_every > 0 && step % s.val_every == 0) || last_step)) {
+            int correct = 0, correct_norm = 0;
+            eval_multiple_choice(&model, &hellaswag, s.B, s.T, gen_tokens, eval_targets, &correct, &correct_norm);
+            const double n = (double)hellaswag.num_examples;
+            printf("HellaSwag: %d/%zu correct, acc_norm %.4f | acc %.4f (%d)\n", correct_norm,
+                   hellaswag.num_examples, correct_norm / n, correct / n, correct);
+            if (log != NULL) {
+                fprintf(log, "s:%d eval:%f\n", step, correct_norm / n);
                 fflush(log);
             }
         }
@@ -547,7 +739,7 @@ int main(int argc, char** argv) {
         }
         cudaCheck(cudaDeviceSynchronize());
         const double seconds = now_seconds() - step_start;
-        if (step > 0) {  // step 0 includes allocation and cuBLASLt warm-up
+        if (step > start_step) {  // the first step includes allocation and cuBLASLt warm-up
             timed_seconds += seconds;
             timed_steps++;
         }
@@ -566,12 +758,17 @@ int main(int argc, char** argv) {
             fflush(log);
         }
         fflush(stdout);
-        if (s.output_dir != NULL && s.checkpoint_every > 0 && (step + 1) % s.checkpoint_every == 0) {
-            save_checkpoint(&model, s.output_dir, step + 1, log);
-            last_checkpoint = step + 1;
+        if (s.output_dir != NULL &&
+            ((s.checkpoint_every > 0 && (step + 1) % s.checkpoint_every == 0) || step + 1 == num_steps)) {
+            const TrainState ts = {step + 1,
+                                   sample_rng.state,
+                                   dataloader_shard_index(&train_loader),
+                                   (uint64_t)dataloader_sample_index(&train_loader),
+                                   s.shuffle,
+                                   s.seed};
+            save_checkpoint(&model, s.output_dir, &ts, log);
         }
     }
-    if (s.output_dir != NULL && last_checkpoint != num_steps) save_checkpoint(&model, s.output_dir, num_steps, log);
     const double total_seconds = now_seconds() - start;
     if (timed_steps > 0) {
         const double ms = 1e3 * timed_seconds / timed_steps;
@@ -587,6 +784,8 @@ int main(int argc, char** argv) {
     // cleanup
     free(gen_tokens);
     free(logits_row);
+    free(eval_targets);
+    if (s.hellaswag) evalloader_free(&hellaswag);
     if (use_tokenizer) tokenizer_free(&tokenizer);
     if (use_val) dataloader_free(&val_loader);
     dataloader_free(&train_loader);

@@ -13,6 +13,14 @@ Memory (all on the device, floatX = bf16 or fp32, see cuda_common.cuh):
   backward buffers    one layer's worth (dresidual, dqkv, dfch, one (B*T, C) buffer), reused
 Gradients of parameters accumulate (+=) across micro-batches; activation gradients are written (=).
 
+Recompute (gpt2cu_set_recompute, llm.c's -r): level 1 keeps one layer's GELU output instead of L
+(the forward writes the pre-GELU matmul output, then the GELU kernel; the backward runs the same
+kernel again on the stored pre-GELU values), level 2 also keeps one layer's ln1 and ln2 outputs and
+recomputes them in the backward from the stored residual stream, mean and rstd. The recomputed
+values are bit-identical to the forward's (same kernels on the same inputs), so levels 1 and 2 give
+the same results; level 0 differs from them in the last bits because there the GELU is fused into
+the matmul's epilogue (applied to the fp32 accumulator before rounding).
+
 A training micro-step is gpt2cu_forward(mode TRAIN) then gpt2cu_backward(); the loss of a whole
 step accumulates on the device and is read once (gpt2cu_read_mean_loss), the only host
 synchronization of a step. Everything runs on one stream, in order.
@@ -21,6 +29,8 @@ synchronization of a step. Everything runs on one stream, in order.
 #define LLMC_GPT2CU_CUH
 
 #include <math.h>
+#include <stdint.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "llmc/adamw.cuh"             // defines: adamw_update, AdamWParams
@@ -29,6 +39,7 @@ synchronization of a step. Everything runs on one stream, in order.
 #include "llmc/encoder.cuh"           // defines: encoder_forward, encoder_backward(_plan)
 #include "llmc/error.h"               // defines: llmc_error
 #include "llmc/fused_classifier.cuh"  // defines: fused_classifier
+#include "llmc/gelu.cuh"              // defines: gelu_forward (recompute)
 #include "llmc/global_norm.cuh"       // defines: global_norm
 #include "llmc/gpt2_cpu.h"            // defines: GPT2Config, GPT2 (host-side build and save)
 #include "llmc/layernorm.cuh"         // defines: layernorm_forward/backward, fused residual
@@ -124,6 +135,7 @@ typedef struct {
     float* losses_h;  // (B, T) host copy for the mean
     float* norm_d;    // [0] grad norm, [1] grad scale (clipping)
     float* one_d;     // a device 1.0f, the grad scale when no clipping is asked
+    int recompute;    // 0: store every activation; 1: recompute the GELU output; 2: also ln1/ln2
     int last_mode;    // ForwardMode of the last forward
     float loss_weight_accum;  // sum of the loss weights accumulated since gpt2cu_zero_grad
     Rng rng;          // seeds of stochastic rounding
@@ -260,20 +272,21 @@ static void gpt2cu_allocate_activations(GPT2CU* model, int B, int T) {
     const GPT2Config* c = &model->config;
     const size_t L = c->num_layers, C = c->channels, H = c->num_heads, Vp = c->padded_vocab_size;
     const size_t BT = (size_t)B * T;
+    const size_t L_ln = model->recompute >= 2 ? 1 : L, L_gelu = model->recompute >= 1 ? 1 : L;
     ActsCU* a = &model->acts;
     a->encoded = gpt2cu_alloc<floatX>(model, BT * C);
-    a->ln1 = gpt2cu_alloc<floatX>(model, L * BT * C);
+    a->ln1 = gpt2cu_alloc<floatX>(model, L_ln * BT * C);
     a->ln1_mean = gpt2cu_alloc<float>(model, L * BT);
     a->ln1_rstd = gpt2cu_alloc<float>(model, L * BT);
     a->qkv = gpt2cu_alloc<floatX>(model, L * BT * 3 * C);
     a->atty = gpt2cu_alloc<floatX>(model, L * BT * C);
     a->att_lse = gpt2cu_alloc<float>(model, L * BT * H);
     a->residual2 = gpt2cu_alloc<floatX>(model, L * BT * C);
-    a->ln2 = gpt2cu_alloc<floatX>(model, L * BT * C);
+    a->ln2 = gpt2cu_alloc<floatX>(model, L_ln * BT * C);
     a->ln2_mean = gpt2cu_alloc<float>(model, L * BT);
     a->ln2_rstd = gpt2cu_alloc<float>(model, L * BT);
     a->fch = gpt2cu_alloc<floatX>(model, L * BT * 4 * C);
-    a->fch_gelu = gpt2cu_alloc<floatX>(model, L * BT * 4 * C);
+    a->fch_gelu = gpt2cu_alloc<floatX>(model, L_gelu * BT * 4 * C);
     a->residual3 = gpt2cu_alloc<floatX>(model, L * BT * C);
     a->lnf = gpt2cu_alloc<floatX>(model, BT * C);
     a->lnf_mean = gpt2cu_alloc<float>(model, BT);
@@ -305,6 +318,15 @@ static void gpt2cu_allocate_activations(GPT2CU* model, int B, int T) {
     }
     model->B = B;
     model->T = T;
+}
+
+// Sets the recompute level (0, 1 or 2; see the top of this file). Activations are reallocated at
+// the next forward.
+static int gpt2cu_set_recompute(GPT2CU* model, int level) {
+    if (level < 0 || level > 2) return llmc_set_error("gpt2cu_set_recompute: level %d is not 0, 1 or 2", level);
+    if (level != model->recompute) gpt2cu_free_activations(model);
+    model->recompute = level;
+    return LLMC_OK;
 }
 
 // ----------------------------------------------------------------------------------------------
@@ -348,27 +370,34 @@ static int gpt2cu_forward(GPT2CU* model, const int* inputs, const int* targets, 
 
     encoder_forward(a->encoded, model->inputs_d, p->wte, p->wpe, B, T, C, s);
     layernorm_forward(a->ln1, a->ln1_mean, a->ln1_rstd, a->encoded, p->ln1w, p->ln1b, BT, C, s);
+    const int r_ln = model->recompute >= 2, r_gelu = model->recompute >= 1;
     for (int l = 0; l < L; l++) {
         const size_t btc = (size_t)BT * C;
         const floatX* residual = l == 0 ? a->encoded : a->residual3 + (l - 1) * btc;
-        floatX* ln1 = a->ln1 + l * btc;
+        floatX* ln1 = a->ln1 + (r_ln ? 0 : l * btc);
         floatX* qkv = a->qkv + l * 3 * btc;
         floatX* atty = a->atty + l * btc;
         floatX* residual2 = a->residual2 + l * btc;
-        floatX* ln2 = a->ln2 + l * btc;
+        floatX* ln2 = a->ln2 + (r_ln ? 0 : l * btc);
         floatX* fch = a->fch + l * 4 * btc;
-        floatX* fch_gelu = a->fch_gelu + l * 4 * btc;
+        floatX* fch_gelu = a->fch_gelu + (r_gelu ? 0 : l * 4 * btc);
         floatX* residual3 = a->residual3 + l * btc;
         matmul_forward(qkv, NULL, ln1, p->qkvw + (size_t)l * 3 * C * C, p->qkvb + (size_t)l * 3 * C, BT, C, 3 * C, s);
         attention_forward(atty, a->att_lse + (size_t)l * BT * H, qkv, B, T, C, H, s);
         matmul_forward(a->proj, NULL, atty, p->attprojw + (size_t)l * C * C, p->attprojb + (size_t)l * C, BT, C, C, s);
         fused_residual_layernorm_forward(residual2, ln2, a->ln2_mean + (size_t)l * BT, a->ln2_rstd + (size_t)l * BT,
                                          residual, a->proj, p->ln2w + (size_t)l * C, p->ln2b + (size_t)l * C, BT, C, s);
-        matmul_forward(fch_gelu, fch, ln2, p->fcw + (size_t)l * 4 * C * C, p->fcb + (size_t)l * 4 * C, BT, C, 4 * C, s);
+        if (r_gelu) {  // the same GELU kernel as the backward's recomputation
+            matmul_forward(fch, NULL, ln2, p->fcw + (size_t)l * 4 * C * C, p->fcb + (size_t)l * 4 * C, BT, C, 4 * C, s);
+            gelu_forward(fch_gelu, fch, (size_t)BT * 4 * C, s);
+        } else {
+            matmul_forward(fch_gelu, fch, ln2, p->fcw + (size_t)l * 4 * C * C, p->fcb + (size_t)l * 4 * C, BT, C,
+                           4 * C, s);
+        }
         matmul_forward(a->proj, NULL, fch_gelu, p->fcprojw + (size_t)l * 4 * C * C, p->fcprojb + (size_t)l * C, BT,
                        4 * C, C, s);
         if (l + 1 < L) {
-            fused_residual_layernorm_forward(residual3, a->ln1 + (l + 1) * btc, a->ln1_mean + (size_t)(l + 1) * BT,
+            fused_residual_layernorm_forward(residual3, a->ln1 + (r_ln ? 0 : (l + 1) * btc), a->ln1_mean + (size_t)(l + 1) * BT,
                                              a->ln1_rstd + (size_t)(l + 1) * BT, residual2, a->proj,
                                              p->ln1w + (size_t)(l + 1) * C, p->ln1b + (size_t)(l + 1) * C, BT, C, s);
         } else {
@@ -417,14 +446,23 @@ static int gpt2cu_backward(GPT2CU* model) {
     matmul_backward(a->dbtc, g->wte, NULL, a->logits, a->lnf, p->wte, NULL, a->scratch, BT, C, Vp, s);
     layernorm_backward(a->dresidual, g->lnfw, g->lnfb, a->scratch, a->dbtc, a->residual3 + (L - 1) * btc, p->lnfw,
                        a->lnf_mean, a->lnf_rstd, BT, C, s);
+    const int r_ln = model->recompute >= 2, r_gelu = model->recompute >= 1;
     for (int l = L - 1; l >= 0; l--) {
         const floatX* residual = l == 0 ? a->encoded : a->residual3 + (l - 1) * btc;
         const size_t lc = (size_t)l * C;
+        floatX* fch_gelu = a->fch_gelu + (r_gelu ? 0 : l * 4 * btc);
+        floatX* ln2 = a->ln2 + (r_ln ? 0 : l * btc);
+        floatX* ln1 = a->ln1 + (r_ln ? 0 : l * btc);
+        if (r_gelu) gelu_forward(fch_gelu, a->fch + l * 4 * btc, (size_t)BT * 4 * C, s);
+        if (r_ln) {  // mean and rstd are rewritten with the values they hold
+            layernorm_forward(ln2, a->ln2_mean + (size_t)l * BT, a->ln2_rstd + (size_t)l * BT, a->residual2 + l * btc,
+                              p->ln2w + lc, p->ln2b + lc, BT, C, s);
+        }
         // MLP: residual3 = residual2 + fcproj(gelu(fc(ln2(residual2))))
-        matmul_backward(a->dfch, g->fcprojw + lc * 4 * C, g->fcprojb + lc, a->dresidual, a->fch_gelu + l * 4 * btc,
+        matmul_backward(a->dfch, g->fcprojw + lc * 4 * C, g->fcprojb + lc, a->dresidual, fch_gelu,
                         p->fcprojw + lc * 4 * C, a->fch + l * 4 * btc, a->scratch, BT, 4 * C, C, s);
-        matmul_backward(a->dbtc, g->fcw + lc * 4 * C, g->fcb + lc * 4, a->dfch, a->ln2 + l * btc, p->fcw + lc * 4 * C,
-                        NULL, a->scratch, BT, C, 4 * C, s);
+        matmul_backward(a->dbtc, g->fcw + lc * 4 * C, g->fcb + lc * 4, a->dfch, ln2, p->fcw + lc * 4 * C, NULL,
+                        a->scratch, BT, C, 4 * C, s);
         layernorm_backward(a->dresidual, g->ln2w + lc, g->ln2b + lc, a->scratch, a->dbtc, a->residual2 + l * btc,
                            p->ln2w + lc, a->ln2_mean + (size_t)l * BT, a->ln2_rstd + (size_t)l * BT, BT, C, s);
         // attention: residual2 = residual + attproj(attention(qkv(ln1(residual))))
@@ -432,8 +470,12 @@ static int gpt2cu_backward(GPT2CU* model) {
                         p->attprojw + lc * C, NULL, a->scratch, BT, C, C, s);
         attention_backward(a->dqkv, a->att_delta, a->dbtc, a->atty + l * btc, a->qkv + l * 3 * btc,
                            a->att_lse + (size_t)l * BT * H, B, T, C, H, s);
-        matmul_backward(a->dbtc, g->qkvw + lc * 3 * C, g->qkvb + lc * 3, a->dqkv, a->ln1 + l * btc,
-                        p->qkvw + lc * 3 * C, NULL, a->scratch, BT, C, 3 * C, s);
+        if (r_ln) {
+            layernorm_forward(ln1, a->ln1_mean + (size_t)l * BT, a->ln1_rstd + (size_t)l * BT, residual, p->ln1w + lc,
+                              p->ln1b + lc, BT, C, s);
+        }
+        matmul_backward(a->dbtc, g->qkvw + lc * 3 * C, g->qkvb + lc * 3, a->dqkv, ln1, p->qkvw + lc * 3 * C, NULL,
+                        a->scratch, BT, C, 3 * C, s);
         layernorm_backward(a->dresidual, g->ln1w + lc, g->ln1b + lc, a->scratch, a->dbtc, residual, p->ln1w + lc,
                            a->ln1_mean + (size_t)l * BT, a->ln1_rstd + (size_t)l * BT, BT, C, s);
     }
@@ -459,16 +501,20 @@ static void gpt2cu_compute_grad_norm(GPT2CU* model, float clip) {
     global_norm(model->norm_d, model->acts.scratch, model->grads_memory, model->num_parameters, clip, model->stream);
 }
 
+// AdamW's m and v (zero), unless they exist.
+static void gpt2cu_allocate_optimizer(GPT2CU* model) {
+    if (model->m_memory != NULL) return;
+    const size_t n = model->num_parameters;
+    cudaCheck(cudaMalloc(&model->m_memory, n * sizeof(float)));
+    cudaCheck(cudaMalloc(&model->v_memory, n * sizeof(float)));
+    cudaCheck(cudaMemsetAsync(model->m_memory, 0, n * sizeof(float), model->stream));
+    cudaCheck(cudaMemsetAsync(model->v_memory, 0, n * sizeof(float), model->stream));
+}
+
 // One AdamW step (step counts from 1) with the gradients scaled by norm_d[1] when use_clip, else 1.
 // Call gpt2cu_compute_grad_norm first when use_clip.
 static void gpt2cu_update(GPT2CU* model, const AdamWParams* settings, int step, int use_clip) {
-    const size_t n = model->num_parameters;
-    if (model->m_memory == NULL) {
-        cudaCheck(cudaMalloc(&model->m_memory, n * sizeof(float)));
-        cudaCheck(cudaMalloc(&model->v_memory, n * sizeof(float)));
-        cudaCheck(cudaMemsetAsync(model->m_memory, 0, n * sizeof(float), model->stream));
-        cudaCheck(cudaMemsetAsync(model->v_memory, 0, n * sizeof(float), model->stream));
-    }
+    gpt2cu_allocate_optimizer(model);
     const float* scale = use_clip ? model->norm_d + 1 : model->one_d;
     size_t offset = 0;
     for (int i = 0; i < GPT2_NUM_PARAMETER_TENSORS; i++) {
@@ -508,6 +554,145 @@ static int gpt2cu_save_checkpoint(GPT2CU* model, const char* path, int version) 
     const int rc = gpt2_save_checkpoint(&host, path, version);
     gpt2_free(&host);
     return rc;
+}
+
+// ----------------------------------------------------------------------------------------------
+// optimizer state files (../shared/DESIGN.md section 4): what a checkpoint needs besides the model
+// file to continue a run exactly. Header (256 x int32): [0] 20240527, [1] 1, [2] processes, [3] rank,
+// [4] master weights?, [5] shuffle?, [10] step, [20..21] the stochastic-rounding RNG state and
+// [22..23] the trainer's sampling RNG state (uint64 each, low word first), [30..31] shard index,
+// [32..33] sample index of the training dataloader. Body: m, v (fp32), the fp32 master weights when
+// [4] is set (bf16 build), then, when [5] is set, the dataloader's state: its shuffle seed (uint64;
+// the loader derives every permutation from the seed and the position, so that is all it needs).
+
+#define OPTIMIZER_STATE_MAGIC 20240527
+#define OPTIMIZER_STATE_VERSION 1
+
+typedef struct {
+    int step;                  // optimizer steps taken
+    uint64_t sample_rng;       // the trainer's sampling RNG state
+    uint64_t shard_index;      // training dataloader position
+    uint64_t sample_index;
+    int shuffle;               // the dataloader shuffles ...
+    uint64_t shuffle_seed;     // ... from this seed
+} TrainState;
+
+// Writes m, v, the master weights (if any) and ts to path, through path.tmp and a rename.
+static int gpt2cu_save_state(GPT2CU* model, const char* path, const TrainState* ts) {
+    gpt2cu_allocate_optimizer(model);
+    const size_t n = model->num_parameters;
+    uint32_t header[256];
+    memset(header, 0, sizeof(header));
+    header[0] = OPTIMIZER_STATE_MAGIC;
+    header[1] = OPTIMIZER_STATE_VERSION;
+    header[2] = 1;
+    header[3] = 0;
+    header[4] = model->master_memory != NULL;
+    header[5] = ts->shuffle != 0;
+    header[10] = (uint32_t)ts->step;
+    const uint64_t pairs[4] = {model->rng.state, ts->sample_rng, ts->shard_index, ts->sample_index};
+    const int slots[4] = {20, 22, 30, 32};
+    for (int i = 0; i < 4; i++) {
+        header[slots[i]] = (uint32_t)(pairs[i] & 0xFFFFFFFFull);
+        header[slots[i] + 1] = (uint32_t)(pairs[i] >> 32);
+    }
+    char tmp_path[4200];
+    if (snprintf(tmp_path, sizeof(tmp_path), "%s.tmp", path) >= (int)sizeof(tmp_path)) {
+        return llmc_set_error("%s: path too long", path);
+    }
+    float* host = (float*)malloc(n * sizeof(float));
+    if (host == NULL) return llmc_set_error("%s: out of host memory for %zu values", path, n);
+    FILE* f = fopen(tmp_path, "wb");
+    if (f == NULL) {
+        free(host);
+        return llmc_set_error("%s: cannot open for writing", tmp_path);
+    }
+    int ok = fwrite(header, sizeof(header), 1, f) == 1;
+    const float* arrays[3] = {model->m_memory, model->v_memory, model->master_memory};
+    for (int i = 0; i < 3 && ok; i++) {
+        if (arrays[i] == NULL) continue;
+        cudaCheck(cudaMemcpyAsync(host, arrays[i], n * sizeof(float), cudaMemcpyDeviceToHost, model->stream));
+        cudaCheck(cudaStreamSynchronize(model->stream));
+        ok = fwrite(host, sizeof(float), n, f) == n;
+    }
+    if (ok && ts->shuffle) ok = fwrite(&ts->shuffle_seed, sizeof(uint64_t), 1, f) == 1;
+    free(host);
+    if (fclose(f) != 0) ok = 0;
+    if (!ok || rename(tmp_path, path) != 0) {
+        remove(tmp_path);
+        return llmc_set_error("%s: cannot write the optimizer state", path);
+    }
+    return LLMC_OK;
+}
+
+// Reads an optimizer state file written for this model (same parameter count and precision) into
+// the device (m, v, master weights, the stochastic-rounding RNG) and ts. Every inconsistency is an
+// error naming the file; the caller checks ts against its own settings.
+static int gpt2cu_load_state(GPT2CU* model, const char* path, TrainState* ts) {
+    const size_t n = model->num_parameters;
+    FILE* f = fopen(path, "rb");
+    if (f == NULL) return llmc_set_error("%s: cannot open the optimizer state", path);
+    uint32_t header[256];
+    if (fread(header, sizeof(header), 1, f) != 1) {
+        fclose(f);
+        return llmc_set_error("%s: optimizer state file is truncated (no full 1024-byte header)", path);
+    }
+    const char* bad = NULL;
+    if (header[0] != OPTIMIZER_STATE_MAGIC) {
+        bad = "bad magic (not an optimizer state file)";
+    } else if (header[1] != OPTIMIZER_STATE_VERSION) {
+        bad = "unsupported version";
+    } else if (header[2] != 1 || header[3] != 0) {
+        bad = "written by a multi-process run (this run is one process, rank 0)";
+    } else if (header[4] != (model->master_memory != NULL)) {
+        bad = model->master_memory != NULL ? "has no master weights (written by the fp32 build?)"
+                                           : "has master weights (written by the bf16 build?)";
+    } else if (header[5] > 1 || header[10] > INT32_MAX) {
+        bad = "bad header fields";
+    }
+    if (bad != NULL) {
+        fclose(f);
+        return llmc_set_error("%s: optimizer state: %s", path, bad);
+    }
+    ts->step = (int)header[10];
+    model->rng.state = (uint64_t)header[20] | ((uint64_t)header[21] << 32);
+    ts->sample_rng = (uint64_t)header[22] | ((uint64_t)header[23] << 32);
+    ts->shard_index = (uint64_t)header[30] | ((uint64_t)header[31] << 32);
+    ts->sample_index = (uint64_t)header[32] | ((uint64_t)header[33] << 32);
+    ts->shuffle = (int)header[5];
+    ts->shuffle_seed = 0;
+    const size_t arrays = header[4] ? 3 : 2;
+    const long long expected = (long long)sizeof(header) + (long long)(arrays * n * sizeof(float)) +
+                               (ts->shuffle ? (long long)sizeof(uint64_t) : 0);
+    if (fseek(f, 0, SEEK_END) != 0) {
+        fclose(f);
+        return llmc_set_error("%s: cannot seek", path);
+    }
+    const long long size = (long long)ftell(f);
+    if (size != expected) {
+        fclose(f);
+        return llmc_set_error("%s: optimizer state file has %lld bytes, expected %lld for %zu parameters "
+                              "(truncated, or written for another model)",
+                              path, size, expected, n);
+    }
+    fseek(f, (long)sizeof(header), SEEK_SET);
+    float* host = (float*)malloc(n * sizeof(float));
+    if (host == NULL) {
+        fclose(f);
+        return llmc_set_error("%s: out of host memory for %zu values", path, n);
+    }
+    gpt2cu_allocate_optimizer(model);
+    float* targets[3] = {model->m_memory, model->v_memory, model->master_memory};
+    int ok = 1;
+    for (size_t i = 0; i < arrays && ok; i++) {
+        ok = fread(host, sizeof(float), n, f) == n;
+        if (ok) cudaCheck(cudaMemcpy(targets[i], host, n * sizeof(float), cudaMemcpyHostToDevice));
+    }
+    if (ok && ts->shuffle) ok = fread(&ts->shuffle_seed, sizeof(uint64_t), 1, f) == 1;
+    free(host);
+    fclose(f);
+    if (!ok) return llmc_set_error("%s: cannot read the optimizer state body", path);
+    return LLMC_OK;
 }
 
 #endif  // LLMC_GPT2CU_CUH

@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -163,12 +164,193 @@ def test_training_is_deterministic_and_checkpoints_load(tmp_path: Path) -> None:
     assert len(resumed) == 1
 
 
+def _losses(lines: list[str]) -> np.ndarray:
+    return np.array([float(re.search(r"loss ([0-9.]+)", x).group(1)) for x in lines])  # type: ignore[union-attr]
+
+
+@pytest.mark.gpu
+@requires_gpu
+@pytest.mark.parametrize("name, tolerance", [("train_gpt2cu", 2e-2), ("train_gpt2cu_fp32", 1e-4)])
+def test_recompute_levels_agree(name: str, tolerance: float, tmp_path: Path) -> None:
+    """-r 1 and -r 2 recompute the same kernels on the same inputs: bit-identical to each other.
+
+    -r 0 fuses the GELU into the matmul epilogue (applied to the fp32 accumulator before
+    rounding), -r 1/2 apply the GELU kernel to the rounded pre-activation: equal within
+    rounding (bf16: a few 1e-3 of loss after 4 steps; fp32: far below 1e-4).
+    """
+    program = _program(name)
+    shard = tmp_path / "train.bin"
+    _write_shard(shard, np.random.default_rng(3).integers(0, GPT2_VOCAB, 20000))
+    flags = ("-e", "d6", "-x", "4", "-l", "1e-3")
+    runs = {r: _train_losses(program, shard, None, *flags, "-r", str(r)) for r in (0, 1, 2)}
+    assert len(runs[0]) == 4
+    assert runs[1] == runs[2]
+    np.testing.assert_allclose(_losses(runs[1]), _losses(runs[0]), rtol=0, atol=tolerance)
+
+
+def _hellaswag_reference(model: Path, examples: list[Any]) -> tuple[int, int]:
+    """(correct by average loss, correct by total loss) of dev/data/hellaswag.py's evaluate()."""
+    sys.path.insert(0, str(REPO_ROOT / "dev" / "data"))
+    try:
+        import hellaswag
+    finally:
+        sys.path.pop(0)
+    logits_fn, vocab_size = hellaswag.model_logits_fn(str(model))
+    result = hellaswag.evaluate(examples, logits_fn, vocab_size)
+    return result.num_correct_norm, result.num_correct
+
+
+@pytest.mark.gpu
+@requires_gpu
+@pytest.mark.parametrize("name", ["train_gpt2cu_fp32", "train_gpt2cu"])
+def test_hellaswag_matches_python_reference(name: str, tmp_path: Path) -> None:
+    """-h 1 scores an eval file as dev/data/hellaswag.py does with the PyTorch model.
+
+    fp32: the same number of correct answers (a flip needs two completions' losses within
+    ~1e-6 of each other). bf16 logits move the losses by ~1e-2, which can flip close calls:
+    at most 3 of 40 may differ.
+    """
+    pytest.importorskip("torch")
+    from llmc.formats import EvalExample, write_eval_file
+
+    program = _program(name)
+    model, _ = _make_fixture(tmp_path / "fixture", "hs", *FIXTURES["hs32"])  # V=1000, maxT=64
+    rng = np.random.default_rng(4)
+    examples = [
+        EvalExample(
+            index=i,
+            label=int(rng.integers(0, 4)),
+            context=[int(t) for t in rng.integers(0, 1000, int(rng.integers(1, 30)))],
+            completions=[
+                [int(t) for t in rng.integers(0, 1000, int(rng.integers(1, 20)))] for _ in range(4)
+            ],
+        )
+        for i in range(40)
+    ]
+    eval_file = tmp_path / "eval.bin"
+    write_eval_file(eval_file, examples)
+    shard = tmp_path / "train.bin"
+    _write_shard(shard, rng.integers(0, 1000, 5000))
+    out = tmp_path / "out"
+    cmd = [str(program), "-e", str(model), "-i", str(shard), "-b", "3", "-t", "64", "-x", "1"]
+    cmd += ["-v", "0", "-s", "0", "-l", "0", "-h", "1", "-hf", str(eval_file), "-o", str(out)]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    match = re.search(
+        r"HellaSwag: (\d+)/40 correct, acc_norm [0-9.]+ \| acc [0-9.]+ \((\d+)\)", result.stdout
+    )
+    assert match is not None, result.stdout
+    ours = (int(match.group(1)), int(match.group(2)))
+    reference = _hellaswag_reference(out / "model_00000001.bin", examples)
+    if name.endswith("fp32"):
+        assert ours == reference
+    else:
+        assert abs(ours[0] - reference[0]) <= 3 and abs(ours[1] - reference[1]) <= 3, (
+            ours,
+            reference,
+        )
+
+    # a damaged eval file is an error naming it
+    eval_file.write_bytes(eval_file.read_bytes()[:-2])
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0 and str(eval_file) in result.stderr
+
+
+RESUME_FLAGS = ("-e", "d6", "-x", "10", "-l", "1e-3", "-u", "2", "-q", "0.1", "-c", "0.1")
+
+
+def _checkpoint_files(directory: Path, step: int) -> list[Path]:
+    return [
+        directory / f"model_{step:08d}.bin",
+        directory / f"state_{step:08d}_00000.bin",
+        directory / f"DONE_{step:08d}",
+    ]
+
+
+@pytest.mark.gpu
+@requires_gpu
+@pytest.mark.parametrize("name", ["train_gpt2cu", "train_gpt2cu_fp32"])
+def test_resume_is_exact(name: str, tmp_path: Path) -> None:
+    """10 steps straight == 5 steps, checkpoint, resume for 5: same losses, norms and files."""
+    from llmc.formats import read_model_header, read_optimizer_state
+
+    program = _program(name)
+    shard = tmp_path / "train.bin"
+    _write_shard(shard, np.random.default_rng(1).integers(0, GPT2_VOCAB, 30000))
+    straight_dir, resumed_dir = tmp_path / "straight", tmp_path / "resumed"
+    straight = _train_losses(program, shard, straight_dir, *RESUME_FLAGS, "-n", "5")
+    assert len(straight) == 10
+    # a run killed after its step-5 checkpoint: only those files are in its directory
+    resumed_dir.mkdir()
+    for path in _checkpoint_files(straight_dir, 5):
+        assert path.is_file(), path
+        shutil.copy(path, resumed_dir / path.name)
+    resumed = _train_losses(program, shard, resumed_dir, *RESUME_FLAGS, "-n", "5", "-y", "1")
+    assert resumed == straight[5:]
+    assert len(set(straight)) == 10  # the losses move: a no-op resume could not pass
+    for a, b in zip(_checkpoint_files(straight_dir, 10), _checkpoint_files(resumed_dir, 10)):
+        assert a.read_bytes() == b.read_bytes(), f"{b.name} differs from the straight run's"
+
+    # the state file is the format of llmc.formats
+    config, version = read_model_header(straight_dir / "model_00000005.bin")
+    assert version == (3 if name.endswith("fp32") else 5)
+    state = read_optimizer_state(straight_dir / "state_00000005_00000.bin", config.num_parameters())
+    assert state.header.step == 5 and state.header.processes == 1 and state.header.shuffle
+    assert (state.master is None) == name.endswith("fp32")
+    assert np.abs(state.m).max() > 0 and state.v.min() >= 0
+    assert len(state.dataloader_state) == 8  # the shuffle seed
+
+
+@pytest.mark.gpu
+@requires_gpu
+def test_resume_rejects_bad_state(tmp_path: Path) -> None:
+    """Truncated or mismatched state files fail with the file named; no DONE marker: fresh start."""
+    program = _program("train_gpt2cu")
+    shard = tmp_path / "train.bin"
+    _write_shard(shard, np.random.default_rng(2).integers(0, GPT2_VOCAB, 20000))
+    small = ("-b", "4", "-t", "128", "-v", "0", "-s", "0", "-e", "d6")
+    base = [str(program), "-i", str(shard), *small]
+    out = tmp_path / "out"
+    subprocess.run([*base, "-x", "2", "-n", "1", "-o", str(out)], check=True, capture_output=True)
+    state = out / "state_00000002_00000.bin"
+
+    def resume(*extra: str) -> subprocess.CompletedProcess[str]:
+        cmd = [*base, "-x", "3", "-y", "1", "-o", str(out), *extra]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+
+    result = resume("-sh", "0")
+    assert result.returncode != 0 and str(state) in result.stderr and "shuffle" in result.stderr
+    result = resume("-seed", "7")
+    assert result.returncode != 0 and str(state) in result.stderr and "seed" in result.stderr
+    data = state.read_bytes()
+    state.write_bytes(data[: len(data) - 100])
+    result = resume()
+    assert result.returncode != 0 and str(state) in result.stderr and "bytes" in result.stderr
+    state.write_bytes(b"\0" * 8 + data[8:])
+    result = resume()
+    assert result.returncode != 0 and str(state) in result.stderr and "magic" in result.stderr
+    # without its DONE marker the step-2 checkpoint is incomplete: -y 1 takes step 1
+    (out / "DONE_00000002").unlink()
+    result = resume()
+    assert result.returncode == 0, result.stderr
+    assert "step 1 (" in result.stdout and "step     2/3" in result.stdout
+    # an empty directory: a fresh start
+    result = subprocess.run(
+        [*base, "-x", "1", "-y", "1", "-o", str(tmp_path / "empty")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "no checkpoint found" in result.stdout
+
+
 @pytest.mark.parametrize(
     "flags, message",
     [
         (["-pn", "2"], "not implemented yet"),
         (["-z", "1"], "not implemented yet"),
-        (["-y", "1"], "not implemented yet"),
+        (["-y", "1"], "needs the checkpoint directory -o"),
         (["-k", "triangle"], "unknown schedule"),
         (["-b", "4", "-t", "64", "-d", "100"], "not a multiple"),
         (["-q"], "missing value"),
