@@ -149,3 +149,6 @@ foreach(source IN LISTS _llmc_dev_cuda_sources)
                         RUNTIME_OUTPUT_DIRECTORY "${CMAKE_BINARY_DIR}/dev_cuda")
   add_dependencies(dev_cuda dev_cuda_${kernel})
 endforeach()
+
+# ---- profile_gpt2cu: one training step for ncu / nsys (dev/bench/profile_step.py) -----------------
+llmc_add_cuda_program(profile_gpt2cu csrc/profile_gpt2cu.cu)
