@@ -21,17 +21,11 @@ one, samples are skipped with a note.
 */
 #define _POSIX_C_SOURCE 200809L  // clock_gettime, mkdir, stat
 
-#include <errno.h>
 #include <glob.h>
-#include <limits.h>
 #include <math.h>
-#include <stdarg.h>
-#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <time.h>
 #ifdef _OPENMP
 #include <omp.h>  // defines: omp_get_max_threads
 #endif
@@ -41,43 +35,13 @@ one, samples are skipped with a note.
 #include "llmc/gpt2_cpu.h"    // defines: GPT2, gpt2_build_*, gpt2_forward/backward/update
 #include "llmc/rand.h"        // defines: Rng, rng_init, rng_uniform
 #include "llmc/tokenizer.h"   // defines: Tokenizer, tokenizer_init, tokenizer_print
-#include "llmc/train_common.h"  // defines: flag parsing helpers, learning_rate_at, table_row
+#include "llmc/train_common.h"  // defines: CommonSettings, parse_common_flag, learning_rate_at,
+                                //          load_sample_tokenizer, open_log, table_row
 
-#define DEFAULT_GEN_T 64
-#define MAX_BATCH 65536          // anything larger than these is a typo, not a CPU run
-#define MAX_SEQ_LEN 1048576
-#define MAX_GRAD_ACCUM 1048576
+#define MAX_BATCH 65536  // -b: anything larger is a typo, not a CPU run
 
 // ---------------------------------------------------------------------------------------------
 // settings and flags
-
-typedef struct {
-    const char* train_pattern;
-    const char* val_pattern;
-    int val_pattern_given;  // an explicit -j must match; the default may be absent
-    const char* init;
-    const char* output_dir;
-    int B;
-    int T;
-    long long total_batch_size;  // tokens per step over all processes; -1: B * T * processes
-    int max_steps;               // -1: one epoch of the training data
-    float learning_rate;
-    int warmup_steps;
-    float final_lr_frac;
-    const char* schedule;
-    float weight_decay;
-    int val_every;
-    int val_max_batches;  // -1: the whole validation set
-    int sample_every;
-    int gen_T;  // -1: DEFAULT_GEN_T or T if that is smaller
-    int checkpoint_every;
-    const char* tokenizer_path;
-    unsigned long long seed;
-    float grad_clip;  // 0: no clipping
-    int process_rank;
-    int num_processes;
-    int shuffle;
-} Settings;
 
 static void print_usage(FILE* out) {
     fprintf(out,
@@ -114,37 +78,9 @@ static void print_usage(FILE* out) {
             "  -h            this help\n");
 }
 
-static const char* const FLAGS[] = {"-i", "-j", "-e",  "-o",  "-b",  "-t",    "-d",  "-x",
-                                    "-l", "-u", "-q",  "-k",  "-c",  "-v",    "-m",  "-s",
-                                    "-g", "-n", "-tk", "-gc", "-sh", "-seed", "-pr", "-pn"};
-
-static void parse_flags(Settings* s, int argc, char** argv) {
-    *s = (Settings){
-        .train_pattern = DEFAULT_TRAIN_PATTERN,
-        .val_pattern = DEFAULT_VAL_PATTERN,
-        .init = NULL,
-        .output_dir = NULL,
-        .B = 4,
-        .T = 64,
-        .total_batch_size = -1,
-        .max_steps = -1,
-        .learning_rate = 3e-4f,
-        .warmup_steps = 0,
-        .final_lr_frac = 1.0f,
-        .schedule = "cosine",
-        .weight_decay = 0.0f,
-        .val_every = 20,
-        .val_max_batches = 20,
-        .sample_every = 20,
-        .gen_T = -1,
-        .checkpoint_every = 0,
-        .tokenizer_path = NULL,
-        .seed = 1337,
-        .grad_clip = 1.0f,
-        .process_rank = 0,
-        .num_processes = 1,
-        .shuffle = 1,
-    };
+// The CPU trainer takes exactly the common flags (llmc/train_common.h).
+static void parse_flags(CommonSettings* s, int argc, char** argv) {
+    common_settings_init(s);
     for (int i = 1; i < argc; i += 2) {
         const char* flag = argv[i];
         if (strcmp(flag, "-h") == 0 || strcmp(flag, "--help") == 0) {
@@ -152,104 +88,11 @@ static void parse_flags(Settings* s, int argc, char** argv) {
             exit(0);
         }
         if (flag[0] != '-') flag_error(flag, NULL, "expected a flag (-x value pairs)");
-        int known = 0;
-        for (size_t k = 0; k < sizeof(FLAGS) / sizeof(FLAGS[0]); k++) {
-            if (strcmp(flag, FLAGS[k]) == 0) known = 1;
-        }
-        if (!known) flag_error(flag, NULL, "unknown flag");
+        if (!is_common_flag(flag)) flag_error(flag, NULL, "unknown flag");
         if (i + 1 >= argc) flag_error(flag, NULL, "missing value");
-        const char* v = argv[i + 1];
-        if (strcmp(flag, "-i") == 0) {
-            s->train_pattern = v;
-        } else if (strcmp(flag, "-j") == 0) {
-            s->val_pattern = v;
-            s->val_pattern_given = 1;
-        } else if (strcmp(flag, "-e") == 0) {
-            s->init = v;
-        } else if (strcmp(flag, "-o") == 0) {
-            s->output_dir = v;
-        } else if (strcmp(flag, "-b") == 0) {
-            s->B = (int)parse_integer(flag, v, 1, MAX_BATCH);
-        } else if (strcmp(flag, "-t") == 0) {
-            s->T = (int)parse_integer(flag, v, 1, MAX_SEQ_LEN);
-        } else if (strcmp(flag, "-d") == 0) {
-            s->total_batch_size = parse_integer(flag, v, -1, (long long)1 << 40);
-            if (s->total_batch_size == 0) flag_error(flag, v, "must be positive (or -1)");
-        } else if (strcmp(flag, "-x") == 0) {
-            s->max_steps = (int)parse_integer(flag, v, -1, INT_MAX - 1);
-            if (s->max_steps == 0) flag_error(flag, v, "must be positive (or -1: one epoch)");
-        } else if (strcmp(flag, "-l") == 0) {
-            s->learning_rate = parse_float(flag, v, 0.0, 10.0);
-        } else if (strcmp(flag, "-u") == 0) {
-            s->warmup_steps = (int)parse_integer(flag, v, 0, INT_MAX - 1);
-        } else if (strcmp(flag, "-q") == 0) {
-            s->final_lr_frac = parse_float(flag, v, 0.0, 1.0);
-        } else if (strcmp(flag, "-k") == 0) {
-            if (strcmp(v, "cosine") != 0 && strcmp(v, "linear") != 0 &&
-                strcmp(v, "constant") != 0 && strcmp(v, "wsd") != 0) {
-                flag_error(flag, v, "unknown schedule (cosine, linear, constant, wsd)");
-            }
-            s->schedule = v;
-        } else if (strcmp(flag, "-c") == 0) {
-            s->weight_decay = parse_float(flag, v, 0.0, 10.0);
-        } else if (strcmp(flag, "-v") == 0) {
-            s->val_every = (int)parse_integer(flag, v, 0, INT_MAX);
-        } else if (strcmp(flag, "-m") == 0) {
-            s->val_max_batches = (int)parse_integer(flag, v, -1, INT_MAX);
-            if (s->val_max_batches == 0) flag_error(flag, v, "must be positive (or -1: all)");
-        } else if (strcmp(flag, "-s") == 0) {
-            s->sample_every = (int)parse_integer(flag, v, 0, INT_MAX);
-        } else if (strcmp(flag, "-g") == 0) {
-            s->gen_T = (int)parse_integer(flag, v, 1, MAX_SEQ_LEN);
-        } else if (strcmp(flag, "-n") == 0) {
-            s->checkpoint_every = (int)parse_integer(flag, v, 0, INT_MAX);
-        } else if (strcmp(flag, "-tk") == 0) {
-            s->tokenizer_path = v;
-        } else if (strcmp(flag, "-seed") == 0) {
-            char* end = NULL;
-            errno = 0;
-            s->seed = strtoull(v, &end, 10);
-            if (v[0] == '\0' || v[0] == '-' || *end != '\0' || errno != 0) {
-                flag_error(flag, v, "not a non-negative integer");
-            }
-        } else if (strcmp(flag, "-gc") == 0) {
-            s->grad_clip = parse_float(flag, v, 0.0, 1e30);
-        } else if (strcmp(flag, "-sh") == 0) {
-            s->shuffle = (int)parse_integer(flag, v, 0, 1);
-        } else if (strcmp(flag, "-pr") == 0) {
-            s->process_rank = (int)parse_integer(flag, v, 0, 65535);
-        } else if (strcmp(flag, "-pn") == 0) {
-            s->num_processes = (int)parse_integer(flag, v, 1, 65536);
-        } else {
-            flag_error(flag, NULL, "unknown flag");
-        }
+        parse_common_flag(s, flag, argv[i + 1], MAX_BATCH);
     }
-    if (s->process_rank >= s->num_processes) {
-        char value[32];
-        snprintf(value, sizeof(value), "%d", s->process_rank);
-        flag_error("-pr", value, "must be smaller than -pn");
-    }
-    if (s->gen_T == -1) s->gen_T = s->T < DEFAULT_GEN_T ? s->T : DEFAULT_GEN_T;
-    if (s->gen_T > s->T) {
-        char value[32];
-        snprintf(value, sizeof(value), "%d", s->gen_T);
-        flag_error("-g", value, "longer than -t: samples are generated within one context of T");
-    }
-    long long per_micro_step = (long long)s->B * s->T * s->num_processes;
-    if (s->total_batch_size == -1) s->total_batch_size = per_micro_step;
-    if (s->total_batch_size % per_micro_step != 0) {
-        char value[32];
-        snprintf(value, sizeof(value), "%lld", s->total_batch_size);
-        char what[160];
-        snprintf(what, sizeof(what), "not a multiple of B*T*processes = %d*%d*%d = %lld", s->B,
-                 s->T, s->num_processes, per_micro_step);
-        flag_error("-d", value, what);
-    }
-    if (s->total_batch_size / per_micro_step > MAX_GRAD_ACCUM) {
-        char value[32];
-        snprintf(value, sizeof(value), "%lld", s->total_batch_size);
-        flag_error("-d", value, "needs more than 1048576 gradient accumulation steps");
-    }
+    validate_common_settings(s);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -272,10 +115,7 @@ static void generate_sample(GPT2* model, const Tokenizer* tokenizer, Rng* rng, i
         if (gpt2_forward(model, tokens, NULL, 1, T) != LLMC_OK) die();
         tokens[t] = sample_token(model->acts.logits + (size_t)(t - 1) * Vp, V, rng);
     }
-    printf("generating:\n---\n");
-    if (tokenizer_print(tokenizer, stdout, tokens + 1, (size_t)(gen_T - 1)) != LLMC_OK) die();
-    printf("\n---\n");
-    fflush(stdout);
+    print_sample(tokenizer, tokens + 1, gen_T - 1);
 }
 
 static float validation_loss(GPT2* model, DataLoader* loader, int num_batches, int B, int T) {
@@ -306,12 +146,11 @@ static void save_checkpoint(const GPT2* model, const char* dir, int step, FILE* 
     }
 }
 
-
 // ---------------------------------------------------------------------------------------------
 // main
 
 int main(int argc, char** argv) {
-    Settings s;
+    CommonSettings s;
     parse_flags(&s, argc, argv);
 
     // the model
@@ -334,14 +173,7 @@ int main(int argc, char** argv) {
         die();
     }
     const GPT2Config* cfg = &model.config;
-    if (s.T > cfg->max_seq_len) {
-        char value[32];
-        snprintf(value, sizeof(value), "%d", s.T);
-        char what[160];
-        snprintf(what, sizeof(what), "longer than the model's maximum sequence length %d (%s)",
-                 cfg->max_seq_len, init);
-        flag_error("-t", value, what);
-    }
+    check_seq_len(s.T, cfg, init);
 
     // the data
     DataLoader train_loader, val_loader;
@@ -364,62 +196,19 @@ int main(int argc, char** argv) {
             dataloader_set_vocab_limit(&val_loader, cfg->vocab_size);
         }
     }
-    int val_num_batches = 0;
-    if (use_val) {
-        size_t available = dataloader_batches_per_epoch(&val_loader);
-        val_num_batches = s.val_max_batches < 0 || (size_t)s.val_max_batches > available
-                              ? (int)(available < INT_MAX ? available : INT_MAX)
-                              : s.val_max_batches;
-    }
+    int val_num_batches = use_val ? validation_batches(&val_loader, s.val_max_batches) : 0;
     int grad_accum = (int)(s.total_batch_size / ((long long)s.B * s.T * s.num_processes));
-    int num_steps = s.max_steps;
-    if (num_steps == -1) {
-        size_t epoch_steps = dataloader_batches_per_epoch(&train_loader) / (size_t)grad_accum;
-        num_steps = epoch_steps == 0 ? 1 : (epoch_steps < INT_MAX ? (int)epoch_steps : INT_MAX - 1);
-    }
+    int num_steps = run_steps(s.max_steps, &train_loader, grad_accum);
 
     // the tokenizer, for samples
     Tokenizer tokenizer;
-    int use_tokenizer = 0;
     char tokenizer_path[4096];
-    const char* tokenizer_note = "";
-    if (s.tokenizer_path != NULL) {
-        if (tokenizer_init(&tokenizer, s.tokenizer_path) != LLMC_OK) die();
-        snprintf(tokenizer_path, sizeof(tokenizer_path), "%s", s.tokenizer_path);
-        use_tokenizer = 1;
-    } else {
-        const char* first_shard = train_loader.shard_paths[0];
-        const char* slash = strrchr(first_shard, '/');
-        int dir_length = slash == NULL ? 0 : (int)(slash - first_shard + 1);
-        snprintf(tokenizer_path, sizeof(tokenizer_path), "%.*s%s", dir_length, first_shard,
-                 DEFAULT_TOKENIZER_NAME);
-        if (file_exists(tokenizer_path)) {
-            if (tokenizer_init(&tokenizer, tokenizer_path) != LLMC_OK) die();
-            use_tokenizer = 1;
-        } else {
-            tokenizer_note = " (not found: no samples)";
-        }
-    }
-    if (use_tokenizer && (tokenizer.vocab_size < (uint32_t)cfg->vocab_size ||
-                          tokenizer.eot_token >= (uint32_t)cfg->vocab_size)) {
-        tokenizer_note = " (does not cover the model's vocabulary: no samples)";
-        tokenizer_free(&tokenizer);
-        use_tokenizer = 0;
-    }
+    const char* tokenizer_note;
+    int use_tokenizer = load_sample_tokenizer(&tokenizer, s.tokenizer_path, &train_loader,
+                                              cfg->vocab_size, tokenizer_path,
+                                              sizeof(tokenizer_path), &tokenizer_note);
 
-    // the log
-    FILE* log = NULL;
-    if (s.output_dir != NULL) {
-        make_output_dir(s.output_dir);
-        char log_path[4096];
-        snprintf(log_path, sizeof(log_path), "%s/%s", s.output_dir, LOG_FILE_NAME);
-        log = fopen(log_path, "w");
-        if (log == NULL) {
-            fprintf(stderr, "error: %s: cannot open the log file: %s\n", log_path,
-                    strerror(errno));
-            exit(1);
-        }
-    }
+    FILE* log = open_log(s.output_dir, "w");
 
     int threads = 1;
 #ifdef _OPENMP
@@ -436,26 +225,15 @@ int main(int argc, char** argv) {
                   val_loader.num_tokens);
     }
     table_row(log, "model", "%s%s", init, init_note);
-    table_row(log, "max seq len (maxT)", "%d", cfg->max_seq_len);
-    table_row(log, "vocab size (V / Vp)", "%d / %d", cfg->vocab_size, cfg->padded_vocab_size);
-    table_row(log, "layers / heads / channels", "%d / %d / %d", cfg->num_layers, cfg->num_heads,
-              cfg->channels);
-    table_row(log, "parameters", "%zu", model.num_parameters);
-    table_row(log, "output dir", "%s", s.output_dir ? s.output_dir : "- (no checkpoints)");
-    table_row(log, "micro batch B", "%d", s.B);
-    table_row(log, "sequence length T", "%d", s.T);
-    table_row(log, "total batch size (tokens)", "%lld", s.total_batch_size);
-    table_row(log, "grad accumulation steps", "%d", grad_accum);
-    table_row(log, "steps", "%d%s", num_steps, s.max_steps == -1 ? " (one epoch)" : "");
+    table_model_rows(log, cfg, model.num_parameters);
+    table_batch_rows(log, &s, grad_accum, num_steps);
     table_row(log, "learning rate", "%g", s.learning_rate);
     table_row(log, "schedule", "%s", s.schedule);
     table_row(log, "warmup steps", "%d", s.warmup_steps);
     table_row(log, "final lr fraction", "%g", s.final_lr_frac);
     table_row(log, "weight decay", "%g", s.weight_decay);
     table_row(log, "grad clip", "%g%s", s.grad_clip, s.grad_clip == 0.0f ? " (off)" : "");
-    table_row(log, "val every / batches", "%d / %d", s.val_every, val_num_batches);
-    table_row(log, "sample every / length", "%d / %d", s.sample_every, s.gen_T);
-    table_row(log, "checkpoint every", "%d", s.checkpoint_every);
+    table_eval_rows(log, &s, val_num_batches);
     table_row(log, "tokenizer", "%s%s", tokenizer_path, tokenizer_note);
     table_row(log, "seed", "%llu", s.seed);
     table_row(log, "shuffle", "%d", s.shuffle);

@@ -41,48 +41,26 @@ windows (they refill after a resume).
 #include "llmc/tokenizer.h"   // defines: Tokenizer, tokenizer_init, tokenizer_print
 #define TRAIN_TABLE_NAME_WIDTH 26
 #define TRAIN_TABLE_VALUE_WIDTH 50
-#include "llmc/train_common.h"  // defines: flag parsing helpers, learning_rate_at, table_row
+#include "llmc/train_common.h"  // defines: CommonSettings, parse_common_flag, learning_rate_at,
+                                //          load_sample_tokenizer, open_log, table_row
 
 #define H100_BF16_PEAK_FLOPS 989.4e12  // dense bf16 tensor-core peak of an H100/H200 SXM
 #define OUTLIER_WINDOW 128
 #define DEFAULT_HELLASWAG_FILE "dev/data/hellaswag/hellaswag_val.bin"
+#define MAX_BATCH 1048576  // -b: anything larger is a typo
 
 // ----------------------------------------------------------------------------------------------
 // settings and flags
 
 typedef struct {
-    const char* train_pattern;
-    const char* val_pattern;
-    int val_pattern_given;
-    const char* init;
-    const char* output_dir;
-    int B;
-    int T;
-    long long total_batch_size;
-    int max_steps;
-    float learning_rate;
-    int warmup_steps;
-    float final_lr_frac;
-    const char* schedule;
-    float weight_decay;
-    int val_every;
-    int val_max_batches;
-    int sample_every;
-    int gen_T;
-    int checkpoint_every;
+    CommonSettings common;  // the flags both trainers take (llmc/train_common.h)
     int resume;
     int recompute;
     int hellaswag;
     const char* hellaswag_path;
     float skip_loss_z;  // -sl: skip the update when the loss z-score exceeds this (0: off)
     float skip_norm_z;  // -sg: same for the gradient norm
-    const char* tokenizer_path;
-    unsigned long long seed;
-    float grad_clip;
-    int shuffle;
     int zero_stage;
-    int num_processes;
-    int process_rank;
     int gpus_per_node;
     const char* nccl_init_method;
     const char* server_ip;
@@ -137,24 +115,11 @@ static void not_yet(const char* flag, const char* value, const char* what) {
 
 static void parse_flags(Settings* s, int argc, char** argv) {
     memset(s, 0, sizeof(*s));
-    s->train_pattern = DEFAULT_TRAIN_PATTERN;
-    s->val_pattern = DEFAULT_VAL_PATTERN;
-    s->B = 4;
-    s->T = 1024;
-    s->total_batch_size = -1;
-    s->max_steps = -1;
-    s->learning_rate = 3e-4f;
-    s->final_lr_frac = 1.0f;
-    s->schedule = "cosine";
-    s->val_every = 20;
-    s->val_max_batches = 20;
-    s->sample_every = 20;
-    s->gen_T = 64;
-    s->seed = 1337;
+    CommonSettings* c = &s->common;
+    common_settings_init(c);
+    c->T = 1024;
+    c->gen_T = DEFAULT_GEN_T;
     s->hellaswag_path = DEFAULT_HELLASWAG_FILE;
-    s->grad_clip = 1.0f;
-    s->shuffle = 1;
-    s->num_processes = 1;
     s->gpus_per_node = 8;
     s->nccl_init_method = "mpi";
     s->server_ip = "";
@@ -168,51 +133,7 @@ static void parse_flags(Settings* s, int argc, char** argv) {
         if (flag[0] != '-') flag_error(flag, NULL, "expected a flag (-x value pairs)");
         if (i + 1 >= argc) flag_error(flag, NULL, "missing value");
         const char* v = argv[i + 1];
-        if (strcmp(flag, "-i") == 0) {
-            s->train_pattern = v;
-        } else if (strcmp(flag, "-j") == 0) {
-            s->val_pattern = v;
-            s->val_pattern_given = 1;
-        } else if (strcmp(flag, "-e") == 0) {
-            s->init = v;
-        } else if (strcmp(flag, "-o") == 0) {
-            s->output_dir = v;
-        } else if (strcmp(flag, "-b") == 0) {
-            s->B = (int)parse_integer(flag, v, 1, 1 << 20);
-        } else if (strcmp(flag, "-t") == 0) {
-            s->T = (int)parse_integer(flag, v, 1, 1 << 20);
-        } else if (strcmp(flag, "-d") == 0) {
-            s->total_batch_size = parse_integer(flag, v, -1, (long long)1 << 40);
-            if (s->total_batch_size == 0) flag_error(flag, v, "must be positive (or -1)");
-        } else if (strcmp(flag, "-x") == 0) {
-            s->max_steps = (int)parse_integer(flag, v, -1, INT_MAX - 1);
-            if (s->max_steps == 0) flag_error(flag, v, "must be positive (or -1: one epoch)");
-        } else if (strcmp(flag, "-l") == 0) {
-            s->learning_rate = parse_float(flag, v, 0.0, 10.0);
-        } else if (strcmp(flag, "-u") == 0) {
-            s->warmup_steps = (int)parse_integer(flag, v, 0, INT_MAX - 1);
-        } else if (strcmp(flag, "-q") == 0) {
-            s->final_lr_frac = parse_float(flag, v, 0.0, 1.0);
-        } else if (strcmp(flag, "-k") == 0) {
-            if (strcmp(v, "cosine") != 0 && strcmp(v, "linear") != 0 && strcmp(v, "constant") != 0 &&
-                strcmp(v, "wsd") != 0) {
-                flag_error(flag, v, "unknown schedule (cosine, linear, constant, wsd)");
-            }
-            s->schedule = v;
-        } else if (strcmp(flag, "-c") == 0) {
-            s->weight_decay = parse_float(flag, v, 0.0, 10.0);
-        } else if (strcmp(flag, "-v") == 0) {
-            s->val_every = (int)parse_integer(flag, v, 0, INT_MAX);
-        } else if (strcmp(flag, "-m") == 0) {
-            s->val_max_batches = (int)parse_integer(flag, v, -1, INT_MAX);
-            if (s->val_max_batches == 0) flag_error(flag, v, "must be positive (or -1: all)");
-        } else if (strcmp(flag, "-s") == 0) {
-            s->sample_every = (int)parse_integer(flag, v, 0, INT_MAX);
-        } else if (strcmp(flag, "-g") == 0) {
-            s->gen_T = (int)parse_integer(flag, v, 1, 1 << 20);
-        } else if (strcmp(flag, "-n") == 0) {
-            s->checkpoint_every = (int)parse_integer(flag, v, 0, INT_MAX);
-        } else if (strcmp(flag, "-y") == 0) {
+        if (strcmp(flag, "-y") == 0) {
             s->resume = (int)parse_integer(flag, v, 0, 1);
         } else if (strcmp(flag, "-r") == 0) {
             s->recompute = (int)parse_integer(flag, v, 0, 2);
@@ -224,26 +145,9 @@ static void parse_flags(Settings* s, int argc, char** argv) {
             s->skip_loss_z = parse_float(flag, v, 0.0, 1e30);
         } else if (strcmp(flag, "-sg") == 0) {
             s->skip_norm_z = parse_float(flag, v, 0.0, 1e30);
-        } else if (strcmp(flag, "-tk") == 0) {
-            s->tokenizer_path = v;
-        } else if (strcmp(flag, "-seed") == 0) {
-            char* end = NULL;
-            errno = 0;
-            s->seed = strtoull(v, &end, 10);
-            if (v[0] == '\0' || v[0] == '-' || *end != '\0' || errno != 0) flag_error(flag, v, "not a non-negative integer");
-        } else if (strcmp(flag, "-gc") == 0) {
-            s->grad_clip = parse_float(flag, v, 0.0, 1e30);
-        } else if (strcmp(flag, "-sh") == 0) {
-            s->shuffle = (int)parse_integer(flag, v, 0, 1);
         } else if (strcmp(flag, "-z") == 0) {
             s->zero_stage = (int)parse_integer(flag, v, 0, 3);
             if (s->zero_stage != 0) not_yet(flag, v, "ZeRO sharding (a multi-GPU feature)");
-        } else if (strcmp(flag, "-pn") == 0) {
-            s->num_processes = (int)parse_integer(flag, v, 1, 65536);
-            if (s->num_processes != 1) not_yet(flag, v, "running several processes");
-        } else if (strcmp(flag, "-pr") == 0) {
-            s->process_rank = (int)parse_integer(flag, v, 0, 65535);
-            if (s->process_rank != 0) not_yet(flag, v, "a process rank other than 0");
         } else if (strcmp(flag, "-pg") == 0) {
             s->gpus_per_node = (int)parse_integer(flag, v, 1, 1024);
         } else if (strcmp(flag, "-pm") == 0) {
@@ -255,24 +159,16 @@ static void parse_flags(Settings* s, int argc, char** argv) {
             s->server_ip = v;
         } else if (strcmp(flag, "-pp") == 0) {
             s->fs_path = v;
+        } else if (parse_common_flag(c, flag, v, MAX_BATCH)) {
+            // phase 1: one process
+            if (strcmp(flag, "-pn") == 0 && c->num_processes != 1) not_yet(flag, v, "running several processes");
+            if (strcmp(flag, "-pr") == 0 && c->process_rank != 0) not_yet(flag, v, "a process rank other than 0");
         } else {
             flag_error(flag, NULL, "unknown flag");
         }
     }
-    if (s->resume && s->output_dir == NULL) flag_error("-y", "1", "resuming needs the checkpoint directory -o");
-    if (s->gen_T > s->T) {
-        char value[32];
-        snprintf(value, sizeof(value), "%d", s->gen_T);
-        flag_error("-g", value, "longer than -t: samples are generated within one context of T");
-    }
-    const long long per_micro_step = (long long)s->B * s->T;
-    if (s->total_batch_size == -1) s->total_batch_size = per_micro_step;
-    if (s->total_batch_size % per_micro_step != 0) {
-        char value[32], what[160];
-        snprintf(value, sizeof(value), "%lld", s->total_batch_size);
-        snprintf(what, sizeof(what), "not a multiple of B*T = %d*%d = %lld", s->B, s->T, per_micro_step);
-        flag_error("-d", value, what);
-    }
+    if (s->resume && c->output_dir == NULL) flag_error("-y", "1", "resuming needs the checkpoint directory -o");
+    validate_common_settings(c);
 }
 
 // ----------------------------------------------------------------------------------------------
@@ -312,10 +208,7 @@ static void generate_sample(GPT2CU* model, const Tokenizer* tokenizer, Rng* rng,
         gpt2cu_download(row, model->acts.logits + (size_t)(t - 1) * Vp, (size_t)V, model->stream);
         tokens[t] = sample_token(row, V, rng);
     }
-    printf("generating:\n---\n");
-    if (tokenizer_print(tokenizer, stdout, tokens + 1, (size_t)(gen_T - 1)) != LLMC_OK) die();
-    printf("\n---\n");
-    fflush(stdout);
+    print_sample(tokenizer, tokens + 1, gen_T - 1);
 }
 
 static float validation_loss(GPT2CU* model, DataLoader* loader, int num_batches, int B, int T) {
@@ -473,6 +366,7 @@ static int latest_checkpoint(const char* dir) {
 int main(int argc, char** argv) {
     Settings s;
     parse_flags(&s, argc, argv);
+    const CommonSettings* c = &s.common;
 
     int device = 0;
     cudaCheck(cudaSetDevice(device));
@@ -481,74 +375,59 @@ int main(int argc, char** argv) {
     matmul_init();
 
     // the model
-    const char* init = s.init;
+    const char* init = c->init;
     if (init == NULL) init = file_exists(DEFAULT_MODEL_FILE) ? DEFAULT_MODEL_FILE : DEFAULT_MODEL_DESCRIPTOR;
     // -y 1: the latest complete checkpoint in -o replaces -e (none there: a fresh start)
-    const int resume_step = s.resume ? latest_checkpoint(s.output_dir) : -1;
+    const int resume_step = s.resume ? latest_checkpoint(c->output_dir) : -1;
     char resume_model[4096], resume_state[4096];
     if (resume_step >= 0) {
-        checkpoint_path(resume_model, sizeof(resume_model), s.output_dir, "model", resume_step);
-        checkpoint_path(resume_state, sizeof(resume_state), s.output_dir, "state", resume_step);
+        checkpoint_path(resume_model, sizeof(resume_model), c->output_dir, "model", resume_step);
+        checkpoint_path(resume_state, sizeof(resume_state), c->output_dir, "state", resume_step);
         init = resume_model;
     }
     GPT2CU model;
-    if (gpt2cu_build(&model, init, s.seed) != LLMC_OK || gpt2cu_set_recompute(&model, s.recompute) != LLMC_OK) die();
+    if (gpt2cu_build(&model, init, c->seed) != LLMC_OK || gpt2cu_set_recompute(&model, s.recompute) != LLMC_OK) die();
     const GPT2Config* cfg = &model.config;
-    if (s.T > cfg->max_seq_len) {
-        char value[32], what[160];
-        snprintf(value, sizeof(value), "%d", s.T);
-        snprintf(what, sizeof(what), "longer than the model's maximum sequence length %d (%.100s)", cfg->max_seq_len, init);
-        flag_error("-t", value, what);
-    }
+    check_seq_len(c->T, cfg, init);
 
     // the data
     DataLoader train_loader, val_loader;
-    if (dataloader_init(&train_loader, s.train_pattern, (size_t)s.B, (size_t)s.T, s.process_rank, s.num_processes,
-                        s.shuffle, s.seed) != LLMC_OK) {
+    if (dataloader_init(&train_loader, c->train_pattern, (size_t)c->B, (size_t)c->T, c->process_rank, c->num_processes,
+                        c->shuffle, c->seed) != LLMC_OK) {
         die();
     }
     dataloader_set_vocab_limit(&train_loader, cfg->vocab_size);
     int use_val = 0;
     const char* val_note = "";
-    if (s.val_every > 0) {
-        if (dataloader_init(&val_loader, s.val_pattern, (size_t)s.B, (size_t)s.T, s.process_rank, s.num_processes, 0,
+    if (c->val_every > 0) {
+        if (dataloader_init(&val_loader, c->val_pattern, (size_t)c->B, (size_t)c->T, c->process_rank, c->num_processes, 0,
                             0) == LLMC_OK) {
             use_val = 1;
             dataloader_set_vocab_limit(&val_loader, cfg->vocab_size);
-        } else if (s.val_pattern_given) {
+        } else if (c->val_pattern_given) {
             die();
         } else {
             val_note = " (default not found: no validation)";
         }
     }
-    int val_num_batches = 0;
-    if (use_val) {
-        const size_t available = dataloader_batches_per_epoch(&val_loader);
-        val_num_batches = s.val_max_batches < 0 || (size_t)s.val_max_batches > available
-                              ? (int)(available < INT_MAX ? available : INT_MAX)
-                              : s.val_max_batches;
-    }
-    const int grad_accum = (int)(s.total_batch_size / ((long long)s.B * s.T));
-    int num_steps = s.max_steps;
-    if (num_steps == -1) {
-        const size_t epoch_steps = dataloader_batches_per_epoch(&train_loader) / (size_t)grad_accum;
-        num_steps = epoch_steps == 0 ? 1 : (epoch_steps < INT_MAX ? (int)epoch_steps : INT_MAX - 1);
-    }
+    const int val_num_batches = use_val ? validation_batches(&val_loader, c->val_max_batches) : 0;
+    const int grad_accum = (int)(c->total_batch_size / ((long long)c->B * c->T * c->num_processes));
+    const int num_steps = run_steps(c->max_steps, &train_loader, grad_accum);
 
     // resume: optimizer, master weights, RNGs and the data position of the checkpoint
     int start_step = 0;
     Rng sample_rng;
-    rng_init(&sample_rng, s.seed);
+    rng_init(&sample_rng, c->seed);
     if (resume_step >= 0) {
         TrainState ts;
         if (gpt2cu_load_state(&model, resume_state, &ts) != LLMC_OK) die();
         const char* bad = NULL;
         if (ts.step != resume_step) {
             bad = "its step differs from the step in its name";
-        } else if (ts.shuffle != s.shuffle) {
+        } else if (ts.shuffle != c->shuffle) {
             bad = ts.shuffle ? "written by a run that shuffled the data (this run has -sh 0)"
                              : "written by a run that did not shuffle the data (this run has -sh 1)";
-        } else if (ts.shuffle && ts.shuffle_seed != s.seed) {
+        } else if (ts.shuffle && ts.shuffle_seed != c->seed) {
             bad = "written by a run with another -seed (the data order would differ)";
         } else if (ts.step > num_steps) {
             bad = "its step is beyond this run's last step (-x)";
@@ -567,94 +446,52 @@ int main(int argc, char** argv) {
 
     // the tokenizer, for samples
     Tokenizer tokenizer;
-    int use_tokenizer = 0;
     char tokenizer_path[4096];
-    const char* tokenizer_note = "";
-    if (s.tokenizer_path != NULL) {
-        if (tokenizer_init(&tokenizer, s.tokenizer_path) != LLMC_OK) die();
-        snprintf(tokenizer_path, sizeof(tokenizer_path), "%s", s.tokenizer_path);
-        use_tokenizer = 1;
-    } else {
-        const char* first_shard = train_loader.shard_paths[0];
-        const char* slash = strrchr(first_shard, '/');
-        const int dir_length = slash == NULL ? 0 : (int)(slash - first_shard + 1);
-        snprintf(tokenizer_path, sizeof(tokenizer_path), "%.*s%s", dir_length, first_shard, DEFAULT_TOKENIZER_NAME);
-        if (file_exists(tokenizer_path)) {
-            if (tokenizer_init(&tokenizer, tokenizer_path) != LLMC_OK) die();
-            use_tokenizer = 1;
-        } else {
-            tokenizer_note = " (not found: no samples)";
-        }
-    }
-    if (use_tokenizer &&
-        (tokenizer.vocab_size < (uint32_t)cfg->vocab_size || tokenizer.eot_token >= (uint32_t)cfg->vocab_size)) {
-        tokenizer_note = " (does not cover the model's vocabulary: no samples)";
-        tokenizer_free(&tokenizer);
-        use_tokenizer = 0;
-    }
+    const char* tokenizer_note;
+    const int use_tokenizer = load_sample_tokenizer(&tokenizer, c->tokenizer_path, &train_loader, cfg->vocab_size,
+                                                    tokenizer_path, sizeof(tokenizer_path), &tokenizer_note);
 
     // HellaSwag
     EvalLoader hellaswag;
     if (s.hellaswag) {
         if (evalloader_init(&hellaswag, s.hellaswag_path, cfg->vocab_size) != LLMC_OK) die();
-        if (hellaswag.max_row_length > s.T) {
+        if (hellaswag.max_row_length > c->T) {
             fprintf(stderr, "error: %s: an example has %d tokens (context + completion), more than -t %d\n",
-                    s.hellaswag_path, hellaswag.max_row_length, s.T);
+                    s.hellaswag_path, hellaswag.max_row_length, c->T);
             exit(1);
         }
     }
 
-    // the log
-    FILE* log = NULL;
-    if (s.output_dir != NULL) {
-        make_output_dir(s.output_dir);
-        char log_path[4096];
-        snprintf(log_path, sizeof(log_path), "%s/%s", s.output_dir, LOG_FILE_NAME);
-        log = fopen(log_path, resume_step >= 0 ? "a" : "w");
-        if (log == NULL) {
-            fprintf(stderr, "error: %s: cannot open the log file: %s\n", log_path, strerror(errno));
-            exit(1);
-        }
-    }
+    FILE* log = open_log(c->output_dir, resume_step >= 0 ? "a" : "w");
 
     // FLOPs per token of a training step: 6 per parameter (forward + backward matmuls) plus the
     // attention's 6 L C T (QK^T and AV, forward and backward), as llm.c and nanoGPT count.
     const double flops_per_token =
-        6.0 * (double)model.num_parameters + 6.0 * cfg->num_layers * cfg->channels * (double)s.T;
+        6.0 * (double)model.num_parameters + 6.0 * cfg->num_layers * cfg->channels * (double)c->T;
     printf("+----------------------------+----------------------------------------------------+\n");
     table_row(log, "device", "%s (sm_%d%d, %d SMs, %.1f GiB)", props.name, props.major, props.minor,
               props.multiProcessorCount, props.totalGlobalMem / 1073741824.0);
     table_row(log, "precision", "%s", LLMC_PRECISION_NAME);
-    table_row(log, "train data", "%s", s.train_pattern);
+    table_row(log, "train data", "%s", c->train_pattern);
     table_row(log, "train shards / tokens", "%zu / %zu", train_loader.num_shards, train_loader.num_tokens);
-    table_row(log, "val data", "%s%s", use_val ? s.val_pattern : "-", s.val_every == 0 ? " (-v 0)" : val_note);
+    table_row(log, "val data", "%s%s", use_val ? c->val_pattern : "-", c->val_every == 0 ? " (-v 0)" : val_note);
     table_row(log, "model", "%s", init);
-    table_row(log, "max seq len (maxT)", "%d", cfg->max_seq_len);
-    table_row(log, "vocab size (V / Vp)", "%d / %d", cfg->vocab_size, cfg->padded_vocab_size);
-    table_row(log, "layers / heads / channels", "%d / %d / %d", cfg->num_layers, cfg->num_heads, cfg->channels);
-    table_row(log, "parameters", "%zu", model.num_parameters);
-    table_row(log, "output dir", "%s", s.output_dir ? s.output_dir : "- (no checkpoints)");
-    table_row(log, "micro batch B", "%d", s.B);
-    table_row(log, "sequence length T", "%d", s.T);
-    table_row(log, "total batch size (tokens)", "%lld", s.total_batch_size);
-    table_row(log, "grad accumulation steps", "%d", grad_accum);
-    table_row(log, "steps", "%d%s", num_steps, s.max_steps == -1 ? " (one epoch)" : "");
-    table_row(log, "learning rate / schedule", "%g / %s", s.learning_rate, s.schedule);
-    table_row(log, "warmup steps / final frac", "%d / %g", s.warmup_steps, s.final_lr_frac);
-    table_row(log, "weight decay", "%g", s.weight_decay);
-    table_row(log, "grad clip", "%g%s", s.grad_clip, s.grad_clip == 0.0f ? " (off)" : "");
+    table_model_rows(log, cfg, model.num_parameters);
+    table_batch_rows(log, c, grad_accum, num_steps);
+    table_row(log, "learning rate / schedule", "%g / %s", c->learning_rate, c->schedule);
+    table_row(log, "warmup steps / final frac", "%d / %g", c->warmup_steps, c->final_lr_frac);
+    table_row(log, "weight decay", "%g", c->weight_decay);
+    table_row(log, "grad clip", "%g%s", c->grad_clip, c->grad_clip == 0.0f ? " (off)" : "");
     table_row(log, "skip outliers (-sl / -sg)", "%g / %g", s.skip_loss_z, s.skip_norm_z);
-    table_row(log, "val every / batches", "%d / %d", s.val_every, val_num_batches);
-    table_row(log, "sample every / length", "%d / %d", s.sample_every, s.gen_T);
-    table_row(log, "checkpoint every", "%d", s.checkpoint_every);
+    table_eval_rows(log, c, val_num_batches);
     if (resume_step >= 0) {
         table_row(log, "resumed from", "step %d (%.400s)", resume_step, resume_state);
     } else {
         table_row(log, "resume", "%s", s.resume ? "no checkpoint found: fresh start" : "no");
     }
     table_row(log, "tokenizer", "%s%s", tokenizer_path, tokenizer_note);
-    table_row(log, "seed / shuffle", "%llu / %d", s.seed, s.shuffle);
-    table_row(log, "zero / processes / rank", "%d / %d / %d", s.zero_stage, s.num_processes, s.process_rank);
+    table_row(log, "seed / shuffle", "%llu / %d", c->seed, c->shuffle);
+    table_row(log, "zero / processes / rank", "%d / %d / %d", s.zero_stage, c->num_processes, c->process_rank);
     table_row(log, "recompute", "%d", s.recompute);
     table_row(log, "hellaswag", "%.400s", s.hellaswag ? s.hellaswag_path : "off");
     if (s.hellaswag) table_row(log, "hellaswag examples", "%zu", hellaswag.num_examples);
@@ -665,35 +502,35 @@ int main(int argc, char** argv) {
 
     // ------------------------------------------------------------------------------------------
     // training
-    int* gen_tokens = (int*)malloc((size_t)s.B * s.T * sizeof(int));
+    int* gen_tokens = (int*)malloc((size_t)c->B * c->T * sizeof(int));
     float* logits_row = (float*)malloc((size_t)cfg->padded_vocab_size * sizeof(float));
-    int* eval_targets = (int*)malloc((size_t)s.B * s.T * sizeof(int));
+    int* eval_targets = (int*)malloc((size_t)c->B * c->T * sizeof(int));
     if (gen_tokens == NULL || logits_row == NULL || eval_targets == NULL) {
         fprintf(stderr, "error: out of host memory\n");
         exit(1);
     }
-    AdamWParams adamw = {s.learning_rate, 0.9f, 0.95f, 1e-8f, s.weight_decay};
+    AdamWParams adamw = {c->learning_rate, 0.9f, 0.95f, 1e-8f, c->weight_decay};
     OutlierDetector loss_outliers = {{0}, 0, 0}, norm_outliers = {{0}, 0, 0};
     const int skip_outliers = s.skip_loss_z > 0.0f || s.skip_norm_z > 0.0f;
     const float loss_weight = 1.0f / (float)grad_accum;
-    const long long tokens_per_step = (long long)s.B * s.T * grad_accum;
+    const long long tokens_per_step = (long long)c->B * c->T * grad_accum;
     double timed_seconds = 0.0;
     int timed_steps = 0;
     size_t peak_bytes = 0;
     const double start = now_seconds();
     for (int step = start_step; step <= num_steps; step++) {
         const int last_step = step == num_steps;
-        if (use_val && (step % s.val_every == 0 || last_step)) {
-            const float val_loss = validation_loss(&model, &val_loader, val_num_batches, s.B, s.T);
+        if (use_val && (step % c->val_every == 0 || last_step)) {
+            const float val_loss = validation_loss(&model, &val_loader, val_num_batches, c->B, c->T);
             printf("val loss %f\n", val_loss);
             if (log != NULL) {
                 fprintf(log, "s:%d tel:%f\n", step, val_loss);
                 fflush(log);
             }
         }
-        if (s.hellaswag && ((s.val_every > 0 && step % s.val_every == 0) || last_step)) {
+        if (s.hellaswag && ((c->val_every > 0 && step % c->val_every == 0) || last_step)) {
             int correct = 0, correct_norm = 0;
-            eval_multiple_choice(&model, &hellaswag, s.B, s.T, gen_tokens, eval_targets, &correct, &correct_norm);
+            eval_multiple_choice(&model, &hellaswag, c->B, c->T, gen_tokens, eval_targets, &correct, &correct_norm);
             const double n = (double)hellaswag.num_examples;
             printf("HellaSwag: %d/%zu correct, acc_norm %.4f | acc %.4f (%d)\n", correct_norm,
                    hellaswag.num_examples, correct_norm / n, correct / n, correct);
@@ -702,8 +539,8 @@ int main(int argc, char** argv) {
                 fflush(log);
             }
         }
-        if (use_tokenizer && ((s.sample_every > 0 && step > 0 && step % s.sample_every == 0) || last_step)) {
-            generate_sample(&model, &tokenizer, &sample_rng, gen_tokens, logits_row, s.B, s.T, s.gen_T);
+        if (use_tokenizer && ((c->sample_every > 0 && step > 0 && step % c->sample_every == 0) || last_step)) {
+            generate_sample(&model, &tokenizer, &sample_rng, gen_tokens, logits_row, c->B, c->T, c->gen_T);
         }
         if (last_step) break;
 
@@ -712,15 +549,15 @@ int main(int argc, char** argv) {
         gpt2cu_zero_grad(&model);
         for (int micro = 0; micro < grad_accum; micro++) {
             if (dataloader_next_batch(&train_loader) != LLMC_OK) die();
-            if (gpt2cu_forward(&model, train_loader.inputs, train_loader.targets, s.B, s.T, FORWARD_TRAIN,
+            if (gpt2cu_forward(&model, train_loader.inputs, train_loader.targets, c->B, c->T, FORWARD_TRAIN,
                                loss_weight) != LLMC_OK ||
                 gpt2cu_backward(&model) != LLMC_OK) {
                 die();
             }
         }
-        const float lr = learning_rate_at(s.learning_rate, s.warmup_steps, s.final_lr_frac, s.schedule, step, num_steps);
+        const float lr = learning_rate_at(c->learning_rate, c->warmup_steps, c->final_lr_frac, c->schedule, step, num_steps);
         adamw.learning_rate = lr;
-        gpt2cu_compute_grad_norm(&model, s.grad_clip);
+        gpt2cu_compute_grad_norm(&model, c->grad_clip);
         int skipped = 0;
         float loss = 0.0f, norm = 0.0f;
         if (skip_outliers) {
@@ -758,15 +595,15 @@ int main(int argc, char** argv) {
             fflush(log);
         }
         fflush(stdout);
-        if (s.output_dir != NULL &&
-            ((s.checkpoint_every > 0 && (step + 1) % s.checkpoint_every == 0) || step + 1 == num_steps)) {
+        if (c->output_dir != NULL &&
+            ((c->checkpoint_every > 0 && (step + 1) % c->checkpoint_every == 0) || step + 1 == num_steps)) {
             const TrainState ts = {step + 1,
                                    sample_rng.state,
                                    dataloader_shard_index(&train_loader),
                                    (uint64_t)dataloader_sample_index(&train_loader),
-                                   s.shuffle,
-                                   s.seed};
-            save_checkpoint(&model, s.output_dir, &ts, log);
+                                   c->shuffle,
+                                   c->seed};
+            save_checkpoint(&model, c->output_dir, &ts, log);
         }
     }
     const double total_seconds = now_seconds() - start;
