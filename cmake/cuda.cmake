@@ -133,6 +133,31 @@ llmc_add_cuda_program(train_gpt2cu_fp32 csrc/train_gpt2cu.cu LLMC_FP32)
 llmc_add_cuda_program(test_gpt2cu csrc/test_gpt2cu.cu)
 llmc_add_cuda_program(test_gpt2cu_fp32 csrc/test_gpt2cu.cu LLMC_FP32)
 
+# ---- Python module llmc._llmc_cuda: the GPU engine behind llmc.cuda.CUDAModel ----------------
+# The engine (csrc/bind_cuda.cu, built with LLMC_CUDA_THROW so CUDA errors throw instead of exiting)
+# is a static library compiled by nvcc; the pybind11 side (csrc/bind_cuda.cpp) needs no CUDA
+# headers. cudart is linked statically, so importing the module needs only the driver at run time
+# (and libcublas from the toolkit or the pip wheel, found through the rpath).
+if(LLMC_BUILD_PYTHON)
+  add_library(llmc_cuda_engine STATIC csrc/bind_cuda.cu)
+  set_target_properties(llmc_cuda_engine PROPERTIES CUDA_STANDARD 17 CUDA_STANDARD_REQUIRED ON
+                        CUDA_ARCHITECTURES OFF POSITION_INDEPENDENT_CODE ON)
+  target_compile_options(llmc_cuda_engine PRIVATE $<$<COMPILE_LANGUAGE:CUDA>:${LLMC_CUDA_FLAGS}>)
+  target_link_libraries(llmc_cuda_engine PUBLIC llmc_core llmc_cublas CUDA::cudart_static)
+  pybind11_add_module(_llmc_cuda csrc/bind_cuda.cpp)
+  target_compile_options(_llmc_cuda PRIVATE -O3)
+  target_link_libraries(_llmc_cuda PRIVATE llmc_cuda_engine)
+  if(_llmc_cublas_rpath)
+    set_target_properties(_llmc_cuda PROPERTIES BUILD_RPATH "${_llmc_cublas_rpath}"
+                          INSTALL_RPATH "${_llmc_cublas_rpath}")
+  endif()
+  install(TARGETS _llmc_cuda LIBRARY DESTINATION llmc)
+  if(NOT SKBUILD)
+    set_target_properties(_llmc_cuda PROPERTIES
+                          LIBRARY_OUTPUT_DIRECTORY ${CMAKE_CURRENT_SOURCE_DIR}/python/llmc)
+  endif()
+endif()
+
 # ---- dev/cuda: one check-and-benchmark program per kernel ------------------------------------
 # Built with everything else so that CI (no GPU) compiles every one of them; `cmake --build build
 # --target dev_cuda` builds just these. Each program includes the production kernels from llmc/.

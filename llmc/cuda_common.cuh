@@ -12,7 +12,9 @@ bf16 binary, and the same source is compiled and tested both ways.
 
 Error policy: these headers serve the command-line programs, which stop at the first CUDA or cuBLAS
 error with the file, line and message (cudaCheck / cublasCheck / cudaCheckLast after each launch).
-A library build (the future Python module) will turn these into exceptions at one place: here.
+A library build defines LLMC_CUDA_THROW before including this header (the Python module,
+csrc/bind_cuda.cu): the same checks then throw std::runtime_error instead, so a CUDA or cuBLAS error
+becomes a Python RuntimeError rather than the end of the interpreter.
 
 Determinism: no reduction in this engine uses atomics. Reductions are split into fixed chunks that
 depend only on the problem size, each chunk is reduced in a fixed order (warp shuffles, then shared
@@ -28,26 +30,45 @@ bit-identical outputs run after run on the same GPU.
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#ifdef LLMC_CUDA_THROW
+#include <stdexcept>
+#include <string>
+#endif
 
 // ----------------------------------------------------------------------------------------------
 // error checks
 
+#ifdef LLMC_CUDA_THROW
+static inline void cuda_check_impl(cudaError_t err, const char* file, int line) {
+    if (err != cudaSuccess) {
+        (void)cudaGetLastError();  // clear a non-sticky error (e.g. out of memory) so later checks pass
+        throw std::runtime_error(std::string("CUDA error at ") + file + ":" + std::to_string(line) + ": " +
+                                 cudaGetErrorString(err));
+    }
+}
+static inline void cublas_check_impl(cublasStatus_t status, const char* file, int line) {
+    if (status != CUBLAS_STATUS_SUCCESS) {
+        throw std::runtime_error(std::string("cuBLAS error at ") + file + ":" + std::to_string(line) +
+                                 ": status " + std::to_string((int)status));
+    }
+}
+#else
 static inline void cuda_check_impl(cudaError_t err, const char* file, int line) {
     if (err != cudaSuccess) {
         fprintf(stderr, "CUDA error at %s:%d: %s\n", file, line, cudaGetErrorString(err));
         exit(1);
     }
 }
-#define cudaCheck(call) cuda_check_impl((call), __FILE__, __LINE__)
-// after every kernel launch: catches bad launch configurations at the launch site
-#define cudaCheckLast() cuda_check_impl(cudaGetLastError(), __FILE__, __LINE__)
-
 static inline void cublas_check_impl(cublasStatus_t status, const char* file, int line) {
     if (status != CUBLAS_STATUS_SUCCESS) {
         fprintf(stderr, "cuBLAS error at %s:%d: status %d\n", file, line, (int)status);
         exit(1);
     }
 }
+#endif
+#define cudaCheck(call) cuda_check_impl((call), __FILE__, __LINE__)
+// after every kernel launch: catches bad launch configurations at the launch site
+#define cudaCheckLast() cuda_check_impl(cudaGetLastError(), __FILE__, __LINE__)
 #define cublasCheck(call) cublas_check_impl((call), __FILE__, __LINE__)
 
 // ----------------------------------------------------------------------------------------------

@@ -36,6 +36,26 @@ def _as_tokens(name: str, tokens: Any, vocab_size: int) -> np.ndarray:
     return np.ascontiguousarray(array, dtype=np.int32)
 
 
+def _as_batch(
+    inputs: Any, targets: Any | None, config: GPT2Config
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Validates a forward pass's inputs and optional targets (both (B, T)) against ``config``.
+
+    Shared by every engine's ``forward`` (llmc.cpu, llmc.cuda).
+    """
+    x = _as_tokens("inputs", inputs, config.vocab_size)
+    if x.shape[1] > config.max_seq_len:
+        raise ValueError(
+            f"inputs: sequence length {x.shape[1]} exceeds the model's maximum {config.max_seq_len}"
+        )
+    y = None
+    if targets is not None:
+        y = _as_tokens("targets", targets, config.vocab_size)
+        if y.shape != x.shape:
+            raise ValueError(f"targets shape {y.shape} differs from inputs shape {x.shape}")
+    return x, y
+
+
 class CPUModel:
     """GPT-2 in fp32 on the CPU: forward, backward, AdamW and checkpoints."""
 
@@ -81,18 +101,7 @@ class CPUModel:
         Returns the mean cross-entropy when ``targets`` (B, T) are given, else None. The logits of
         the pass are then available as ``self.logits``.
         """
-        V = self.config.vocab_size
-        x = _as_tokens("inputs", inputs, V)
-        if x.shape[1] > self.config.max_seq_len:
-            raise ValueError(
-                f"inputs: sequence length {x.shape[1]} exceeds the model's maximum "
-                f"{self.config.max_seq_len}"
-            )
-        y = None
-        if targets is not None:
-            y = _as_tokens("targets", targets, V)
-            if y.shape != x.shape:
-                raise ValueError(f"targets shape {y.shape} differs from inputs shape {x.shape}")
+        x, y = _as_batch(inputs, targets, self.config)
         loss = self._engine.forward(x, y)
         return None if loss is None else float(loss)
 
