@@ -25,8 +25,8 @@ fail() { echo "FAILED: $1"; FAILED="$FAILED $1"; }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 
 log "build ($BUILD_DIR)"
-cmake -S . -B "$BUILD_DIR" -G Ninja -DLLMC_CUDA=ON -DLLMC_NATIVE=OFF > "$OUT/build.log" 2>&1 &&
-  cmake --build "$BUILD_DIR" -j "$(nproc)" --target test_gpt2cu test_gpt2cu_fp32 train_gpt2cu train_gpt2cu_fp32 \
+cmake -S . -B "$BUILD_DIR" -G Ninja -DLLMC_CUDA=ON -DLLMC_BUILD_PYTHON=ON -DLLMC_NATIVE=OFF > "$OUT/build.log" 2>&1 &&
+  cmake --build "$BUILD_DIR" -j "$(nproc)" --target test_gpt2cu test_gpt2cu_fp32 train_gpt2cu train_gpt2cu_fp32 _llmc _llmc_cuda \
     >> "$OUT/build.log" 2>&1
 if [ $? -ne 0 ]; then
   grep -m5 -A10 error "$OUT/build.log"; tail -20 "$OUT/build.log"
@@ -65,7 +65,7 @@ tests)
   done; done ;;
 pytest)
   log "pytest -m gpu"
-  LLMC_BUILD_DIR=$PWD/$B timeout 400 python3 -m pytest -q -m gpu tests/test_gpu.py > "$OUT/pytest.log" 2>&1 ||
+  LLMC_BUILD_DIR=$PWD/$B timeout 400 python3 -m pytest -q -m gpu tests/test_gpu.py tests/test_gpu_python.py > "$OUT/pytest.log" 2>&1 ||
     fail "pytest"
   tail -15 "$OUT/pytest.log" ;;
 det)

@@ -25,7 +25,7 @@ if command -v nvcc >/dev/null; then
     cuda=ON
     "$PYTHON" -m pip install -q "nvidia-cublas>=13,<14"
 fi
-cmake -S . -B "$BUILD_DIR" -G Ninja -DLLMC_BUILD_PYTHON=OFF -DLLMC_CUDA=$cuda >/dev/null
+cmake -S . -B "$BUILD_DIR" -G Ninja -DLLMC_BUILD_PYTHON=ON -DLLMC_CUDA=$cuda >/dev/null
 cmake --build "$BUILD_DIR"
 "$BUILD_DIR/test_matmul"
 
