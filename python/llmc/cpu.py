@@ -56,6 +56,21 @@ def _as_batch(
     return x, y
 
 
+def engine_config_args(config: GPT2Config, seed: int) -> tuple[int, ...]:
+    """The arguments of an engine's ``from_config``: the sizes in header order, then the seed."""
+    if seed < 0:
+        raise ValueError(f"seed must be non-negative, got {seed}")
+    return (
+        config.max_seq_len,
+        config.vocab_size,
+        config.padded_vocab_size,
+        config.num_layers,
+        config.num_heads,
+        config.channels,
+        seed,
+    )
+
+
 class CPUModel:
     """GPT-2 in fp32 on the CPU: forward, backward, AdamW and checkpoints."""
 
@@ -73,18 +88,7 @@ class CPUModel:
     @classmethod
     def from_config(cls, config: GPT2Config, seed: int = 1337) -> CPUModel:
         """A freshly initialized model with GPT-2's init, reproducible from ``seed``."""
-        if seed < 0:
-            raise ValueError(f"seed must be non-negative, got {seed}")
-        engine = _llmc.CPUModel.from_config(
-            config.max_seq_len,
-            config.vocab_size,
-            config.padded_vocab_size,
-            config.num_layers,
-            config.num_heads,
-            config.channels,
-            seed,
-        )
-        return cls(engine)
+        return cls(_llmc.CPUModel.from_config(*engine_config_args(config, seed)))
 
     @property
     def num_parameters(self) -> int:

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from llmc.config import PARAMETER_NAMES, GPT2Config
-from llmc.cpu import _DTYPE_TO_VERSION, _as_batch
+from llmc.cpu import _DTYPE_TO_VERSION, _as_batch, engine_config_args
 
 try:
     from llmc import _llmc_cuda  # type: ignore[attr-defined]
@@ -62,18 +62,7 @@ class CUDAModel:
     @classmethod
     def from_config(cls, config: GPT2Config, seed: int = 1337) -> CUDAModel:
         """A freshly initialized model: the CPU engine's init with ``seed``, bit for bit."""
-        if seed < 0:
-            raise ValueError(f"seed must be non-negative, got {seed}")
-        engine = _llmc_cuda.CUDAModel.from_config(
-            config.max_seq_len,
-            config.vocab_size,
-            config.padded_vocab_size,
-            config.num_layers,
-            config.num_heads,
-            config.channels,
-            seed,
-        )
-        return cls(engine)
+        return cls(_llmc_cuda.CUDAModel.from_config(*engine_config_args(config, seed)))
 
     @property
     def num_parameters(self) -> int:
