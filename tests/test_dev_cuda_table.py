@@ -272,3 +272,35 @@ def test_bad_folder(rt: ModuleType, tmp_path: Path) -> None:
     (tmp_path / "layernorm.log").write_text(LAYERNORM)
     (tmp_path / "layernorm.rc").write_text("oops\n")
     assert rt.main([str(tmp_path)]) == 2
+
+
+ENCODER = """\
+encoder: B=64 T=1024 C=768, bf16 storage, NVIDIA H200
+device copy: 4211 GB/s (1073.7 MB read + written in 509.9 us)
+check encoder forward v1                                   max rel err 0.00e+00 (tol 1e-02)  ok
+RESULT | encoder forward (B=64 T=1024 C=768) | v1 | 61.2 us | 3290 GB/s | 78.1% | pass (0.00e+00)
+RESULT | encoder forward (B=64 T=1024 C=768) | v2 (engine) | 52.0 us | 3871 GB/s | 91.9% of copy | -
+all checks passed
+"""
+
+
+def test_result_lines(rt: ModuleType, tmp_path: Path) -> None:
+    logs = _all_pass()
+    logs["encoder"] = (ENCODER, 0)
+    rows, _, ok = rt.collect(_write(tmp_path, logs))
+    assert ok
+    v2 = _find(rows, "encoder forward (B=64 T=1024 C=768)", "v2 (engine)")
+    assert (v2.time, v2.rate, v2.limit, v2.check) == ("52.0 us", "3871 GB/s", "91.9% of copy", "-")
+    assert _find(rows, "encoder forward", "v1").check == "pass (0.00e+00)"
+
+
+def test_result_line_fail_and_malformed(rt: ModuleType, tmp_path: Path) -> None:
+    logs = _all_pass()
+    logs["encoder"] = (ENCODER.replace("pass (0.00e+00)", "FAIL (3.00e-01)"), 0)
+    rows, _, ok = rt.collect(_write(tmp_path, logs))
+    assert not ok
+    assert _find(rows, "encoder forward", "v2 (engine)").check.startswith("FAIL")
+    logs["encoder"] = (ENCODER.replace("| 52.0 us ", ""), 0)
+    rows, notes, ok = rt.collect(_write(tmp_path, logs))
+    assert not ok
+    assert any(n.startswith("malformed result line") for n in notes)

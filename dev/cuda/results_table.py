@@ -3,9 +3,10 @@
 Usage: python3 dev/cuda/results_table.py RESULTS_DIR [--date YYYY-MM-DD] [--device NAME]
 
 RESULTS_DIR holds, per program, `<kernel>.log` (its stdout and stderr) and `<kernel>.rc` (its exit
-status), as dev/cuda/run_all.sh writes them. Known programs (layernorm, matmul, fused_classifier,
-attention, attention_sdpa) get one row per timed version; any other `<kernel>.log` gets one row
-with its verdict only. A program that exited non-zero, printed no final "all checks passed" line
+status), as dev/cuda/run_all.sh writes them. A program that prints `RESULT | ...` lines
+(dev/cuda/common.cuh) gets one row per such line. Older programs with their own output (layernorm,
+matmul, fused_classifier, attention, attention_sdpa) have their own parsers; any other log gets one
+row with its verdict only. A program that exited non-zero, printed no final "all checks passed" line
 or failed a check makes its rows say FAIL, and this script then exits with status 1.
 Notes (the copy bandwidth each program measured) are printed first and the table last.
 """
@@ -258,6 +259,27 @@ def parse_attention(text: str, cudnn: dict[tuple[str, ...], tuple[float, float]]
     return out
 
 
+_RESULT_PREFIX = "RESULT |"
+
+
+def parse_result_lines(text: str) -> Parsed:
+    """Rows of a program that prints `RESULT | kernel | version | time | rate | limit | check`."""
+    out = Parsed()
+    for line in text.splitlines():
+        if not line.startswith(_RESULT_PREFIX):
+            continue
+        cells = [c.strip() for c in line[len(_RESULT_PREFIX) :].split("|")]
+        if len(cells) != 6:
+            out.ok = False
+            out.notes.append(f"malformed result line: {line.strip()!r}")
+            continue
+        row = Row(*cells)
+        if row.check.startswith(FAIL):
+            out.ok = False
+        out.rows.append(row)
+    return out
+
+
 def _read(path: Path) -> str:
     """A log's text ('' when the file is absent)."""
     return path.read_text(errors="replace") if path.is_file() else ""
@@ -288,7 +310,9 @@ def collect(results: Path) -> tuple[list[Row], list[str], bool]:
     for kernel in kernels:
         text = _read(results / f"{kernel}.log")
         rc = _exit_status(results, kernel)
-        if kernel == "layernorm":
+        if _RESULT_PREFIX in text:
+            parsed = parse_result_lines(text)
+        elif kernel == "layernorm":
             parsed = parse_layernorm(text)
         elif kernel == "fused_classifier":
             parsed = parse_fused_classifier(text)
