@@ -71,6 +71,23 @@ static inline void cublas_check_impl(cublasStatus_t status, const char* file, in
 #define cudaCheckLast() cuda_check_impl(cudaGetLastError(), __FILE__, __LINE__)
 #define cublasCheck(call) cublas_check_impl((call), __FILE__, __LINE__)
 
+// host allocations of the engine: the program stops with what failed (the library build throws),
+// instead of crashing later on a NULL pointer
+static inline void* malloc_check_impl(size_t bytes, const char* file, int line) {
+    void* p = malloc(bytes);
+    if (p == NULL && bytes > 0) {
+#ifdef LLMC_CUDA_THROW
+        throw std::runtime_error(std::string("out of host memory at ") + file + ":" + std::to_string(line) +
+                                 ": " + std::to_string(bytes) + " bytes");
+#else
+        fprintf(stderr, "out of host memory at %s:%d: %zu bytes\n", file, line, bytes);
+        exit(1);
+#endif
+    }
+    return p;
+}
+#define mallocCheck(bytes) malloc_check_impl((bytes), __FILE__, __LINE__)
+
 // ----------------------------------------------------------------------------------------------
 // storage type
 

@@ -176,11 +176,7 @@ static void gpt2cu_build_from_host(GPT2CU* model, const GPT2* host, uint64_t see
     cudaCheck(cudaMalloc(&model->master_memory, n * sizeof(float)));
     cudaCheck(cudaMemcpy(model->master_memory, host->params_memory, n * sizeof(float), cudaMemcpyHostToDevice));
     {
-        floatX* tmp = (floatX*)malloc(n * sizeof(floatX));
-        if (tmp == NULL) {
-            fprintf(stderr, "out of host memory converting %zu parameters\n", n);
-            exit(1);
-        }
+        floatX* tmp = (floatX*)mallocCheck(n * sizeof(floatX));
         for (size_t i = 0; i < n; i++) tmp[i] = __float2bfloat16_rn(host->params_memory[i]);
         cudaCheck(cudaMemcpy(model->params_memory, tmp, n * sizeof(floatX), cudaMemcpyHostToDevice));
         free(tmp);
@@ -191,11 +187,7 @@ static void gpt2cu_build_from_host(GPT2CU* model, const GPT2* host, uint64_t see
     const float one = 1.0f;
     cudaCheck(cudaMemcpy(model->one_d, &one, sizeof(float), cudaMemcpyHostToDevice));
     model->planner.vocab_size = model->config.vocab_size;
-    model->planner.counts = (int*)malloc(sizeof(int) * (size_t)model->config.vocab_size);
-    if (model->planner.counts == NULL) {
-        fprintf(stderr, "out of host memory\n");
-        exit(1);
-    }
+    model->planner.counts = (int*)mallocCheck(sizeof(int) * (size_t)model->config.vocab_size);
     rng_init(&model->rng, seed ^ 0x5EED5EEDull);
     model->last_mode = -1;
 }
@@ -311,11 +303,7 @@ static void gpt2cu_allocate_activations(GPT2CU* model, int B, int T) {
     cudaCheck(cudaMallocHost(&model->plan_h, (3 * BT + 1) * sizeof(int)));
     cudaCheck(cudaMallocHost(&model->inputs_h, BT * sizeof(int)));
     cudaCheck(cudaMallocHost(&model->targets_h, BT * sizeof(int)));
-    model->losses_h = (float*)malloc(BT * sizeof(float));
-    if (model->losses_h == NULL) {
-        fprintf(stderr, "out of host memory for a batch of %d x %d\n", B, T);
-        exit(1);
-    }
+    model->losses_h = (float*)mallocCheck(BT * sizeof(float));
     model->B = B;
     model->T = T;
 }
@@ -534,11 +522,7 @@ static void gpt2cu_download(float* out, const floatX* src, size_t count, cudaStr
     cudaCheck(cudaMemcpyAsync(out, src, count * sizeof(float), cudaMemcpyDeviceToHost, stream));
     cudaCheck(cudaStreamSynchronize(stream));
 #else
-    floatX* tmp = (floatX*)malloc(count * sizeof(floatX));
-    if (tmp == NULL) {
-        fprintf(stderr, "out of host memory copying %zu values\n", count);
-        exit(1);
-    }
+    floatX* tmp = (floatX*)mallocCheck(count * sizeof(floatX));
     cudaCheck(cudaMemcpyAsync(tmp, src, count * sizeof(floatX), cudaMemcpyDeviceToHost, stream));
     cudaCheck(cudaStreamSynchronize(stream));
     for (size_t i = 0; i < count; i++) out[i] = __bfloat162float(tmp[i]);
