@@ -17,6 +17,7 @@ after the last step) and torch's own max_memory_allocated.
 
 Run on a GPU machine from the repository root, after building train_gpt2cu:
     python3 dev/bench/gpt2_124m.py --build-dir build-dev                   # d12, both trainers
+    python3 dev/bench/gpt2_124m.py --build-dir build-dev --build-dir build-cudnn   # two builds
     python3 dev/bench/gpt2_124m.py --build-dir build-dev --model d48 --no-torch --micro-batch 16
 """
 
@@ -56,9 +57,9 @@ def write_shard(path: Path, tokens: int, vocab: int, seed: int) -> None:
         f.write(rng.integers(0, vocab, tokens, dtype=np.uint16).tobytes())
 
 
-def run_llmc(args: argparse.Namespace, shard: Path) -> dict[str, float]:
-    """Runs train_gpt2cu and parses its per-step lines."""
-    exe = Path(args.build_dir) / "train_gpt2cu"
+def run_llmc(args: argparse.Namespace, build_dir: str, shard: Path) -> dict[str, float]:
+    """Runs build_dir's train_gpt2cu and parses its per-step lines."""
+    exe = Path(build_dir) / "train_gpt2cu"
     if not exe.is_file():
         raise RuntimeError(f"{exe}: no such program (build train_gpt2cu first)")
     cmd = [
@@ -176,7 +177,11 @@ def run_torch(args: argparse.Namespace, shard: Path) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     """Parses flags, runs both trainers and prints the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--build-dir", default="build-dev", help="folder holding train_gpt2cu")
+    parser.add_argument(
+        "--build-dir",
+        action="append",
+        help="folder holding train_gpt2cu (default build-dev); repeat to compare builds",
+    )
     parser.add_argument("--model", default="d12", help="descriptor d12 / d24 / d36 / d48")
     parser.add_argument("--micro-batch", type=int, default=64)
     parser.add_argument("--seq-len", type=int, default=1024)
@@ -194,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     if not 0 <= args.skip < args.steps:
         parser.error("--skip must be in [0, --steps)")
     shard = Path(args.shard)
+    build_dirs = args.build_dir or ["build-dev"]
 
     if args.worker == "torch":
         print("RESULT " + json.dumps(run_torch(args, shard)), flush=True)
@@ -211,7 +217,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     results: dict[str, dict[str, float]] = {}
     if not args.no_llmc:
-        results["llmc train_gpt2cu"] = run_llmc(args, shard)
+        for build_dir in build_dirs:
+            name = "llmc train_gpt2cu" + (f" ({build_dir})" if len(build_dirs) > 1 else "")
+            results[name] = run_llmc(args, build_dir, shard)
     if not args.no_torch:
         cmd = [sys.executable, os.path.abspath(__file__), "--worker", "torch"] + [
             a for a in (argv if argv is not None else sys.argv[1:]) if a != "--worker"
@@ -238,12 +246,14 @@ def main(argv: list[str] | None = None) -> int:
             f"| {name} | {r['ms']:.1f} ({r['ms_min']:.1f}-{r['ms_max']:.1f}) | {tps / 1e3:.1f}K | "
             f"{r['mfu']:.1f}% | {mem} |"
         )
-    if len(results) == 2:
-        ours, theirs = results["llmc train_gpt2cu"], results["PyTorch compiled"]
-        print(
-            f"\nllmc / PyTorch tokens/s: {ours['tokens_per_s'] / theirs['tokens_per_s']:.3f}x; "
-            f"PyTorch first step (compile) {theirs['first_step_s']:.1f} s"
-        )
+    if "PyTorch compiled" in results:
+        theirs = results["PyTorch compiled"]
+        print()
+        for name, ours in results.items():
+            if name.startswith("llmc"):
+                ratio = ours["tokens_per_s"] / theirs["tokens_per_s"]
+                print(f"{name} / PyTorch tokens/s: {ratio:.3f}x")
+        print(f"PyTorch first step (compile) {theirs['first_step_s']:.1f} s")
     for name, r in results.items():
         print(f"{name}: loss {r['loss_first']:.4f} -> {r['loss_last']:.4f}")
     if args.json:
