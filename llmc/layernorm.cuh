@@ -15,24 +15,61 @@ Backward, with xhat = (x - mean) * rstd and g = dout * weight:
                                                                        this adds to)
     dweight[c] += sum_n dout[n,c] * xhat[n,c],   dbias[c] += sum_n dout[n,c]
 
-Two versions of each kernel; the launchers at the bottom pick v2 whenever it applies (C a
-multiple of X128 = 8 bf16 / 4 fp32 values and at most 8 * 32 * X128 channels), else v1.
+Bytes: forward 2NC floatX (fused 4NC), backward 4NC (dout, x, dinp read + write) plus O(N + C); a
+few flops per byte, so all three are memory bound. Three versions; the launchers at the bottom
+(what the engine calls) pick v3 wherever it applies, else v1. Numbers below: one H200 (copy 4136
+GB/s), N = 65,536, C = 768, bf16, from dev/cuda/layernorm.cu, where faster candidates (v4) wait
+for a device run.
 
 v1 (the first, simple version; dev/cuda/layernorm.cu keeps timing it): one warp per row, scalar
 loads, two passes over global memory; the backward writes each warp's dweight/dbias partial sums
-for its rows into global scratch and re-reads them every row. About 30x slower than the memory
-allows in the backward.
+for its rows into global scratch and re-reads them every row. 12% of the copy bandwidth in the
+backward, 64% in the forward.
 
-v2 (production): one warp per row (the backward: two rows at a time when C is small), each lane owns the fixed channels (i*32 + lane)*X128 .. +X128
-(i < VPL, the packets per lane), read with 16-byte loads and kept in registers, so the row is read
-from memory once; mean and variance are two passes over those registers (two-pass: a one-pass
-E[x^2]-E[x]^2 loses digits in fp32). In the backward, a block of LNB_WARPS warps owns a fixed range
-of LNB_ROWS_PER_BLOCK rows (warp w takes rows w, w + LNB_WARPS, ...); each lane accumulates the
+v2: one warp per row (the backward: two rows at a time when C is small), each lane owns the fixed
+channels (i*32 + lane)*X128 .. +X128 (i < VPL, the packets per lane), read with 16-byte loads and
+kept in registers, so the row is read from memory once; mean and variance are two passes over those
+registers (two-pass: a one-pass E[x^2]-E[x]^2 loses digits in fp32). In the backward, a block of
+LNB_WARPS warps owns a fixed range of LNB_ROWS_PER_BLOCK rows; each lane accumulates the
 dweight/dbias sums of its channels in registers over its rows, the warps of a block then add them
 into shared memory one warp after the other (fixed order), and the block writes one 2C partial to
-scratch. A second kernel adds the per-block partials in block order into dweight and dbias. The
-partition depends only on N, and no atomics are used: results are bit-reproducible.
-Bytes: forward 2NC floatX (fused 4NC), backward 4NC (dout, x, dinp read + write) plus O(N + C).
+scratch; a second kernel adds the per-block partials in block order. Measured: forward 72.6%,
+fused 91.8%, backward 37.9% (257 us). Why the backward is slow: it holds two rows of three tensors
+plus 2 * VPL * X128 accumulators per lane, 236 registers at C = 768, so one 8-warp block fits per
+SM and too few bytes are in flight. The plain forward keeps its row as floats (63 registers) and a
+warp has its one 1.5 KB row in flight only while it loads.
+
+v3 (what the engine runs):
+  forward: v2's warp-per-row arithmetic with the row kept packed (floatX) and converted where
+    used: 48 instead of 63 registers at C = 768, 5 blocks per SM instead of 4: 83.0% (58.8 us).
+    A warp can also load ROWS rows with all their loads issued first: 2 rows measured 82.4%, 4
+    rows 60.3% (121 registers); the engine uses LN3_FWD_ROWS = 1. The fused form runs the same
+    kernel: 91.6% (v2 91.8%).
+  backward: a row is shared by a "team" of C / X128 threads (rounded up to whole warps; one 16-byte
+    packet of the row per thread), so each thread keeps only X128 dweight and X128 dbias sums
+    instead of v2's 2 * VPL * X128 (64 registers in all). A block holds as many teams as fit in
+    LN3_BWD_THREADS threads (5 teams of 96 at C = 768); team t of a block takes the block's rows
+    t, t + teams, .... The rows are not staged in registers but prefetched with cp.async (16-byte
+    global -> shared copies that need no registers while in flight) LN3_BWD_STAGES - 1 rows ahead
+    of the one computed, mean and rstd with them; a thread only ever reads the shared-memory bytes
+    it copied itself, so no barrier guards the copies, and the second pass over the row reads it
+    again from shared memory (keeping it in registers took 99 registers). The row's two sums
+    (g, g * xhat) are added over the team with warp shuffles, then across the team's warps
+    through shared memory behind a named barrier (bar.sync per team; double-buffered, one
+    barrier per row). The grid is one wave: as many blocks as fit on the device at once
+    (occupancy API x multiprocessors), each taking an equal contiguous range of rows, so every
+    block ends at about the same time and there are few partials to add. At the end the teams of
+    a block add their sums into shared memory one team after the other, the block writes one 2C
+    partial to scratch, and a second kernel adds the partials in block order (32 x 32 threads per
+    32 columns). Measured 76.4% (127.6 us; v2 257 us). What is left (ncu on the 4-team variant,
+    129.9 us in all): the main kernel alone takes 122 us at 66% of peak DRAM throughput, SM
+    throughput 56%, 22 warps active per SM, 69 M warp instructions (~350 per warp per row): bound
+    by latency and instruction issue more than by bandwidth; the partials kernel adds ~6 us. The
+    v4 candidates in dev/cuda/layernorm.cu attack both.
+  Determinism: the row partition depends on N, C and the device (its multiprocessor count and the
+  kernel's occupancy on it), never on timing, and every sum is taken in a fixed order with no
+  atomics, so the same inputs give the same bits run after run on the same GPU (a different GPU
+  model may group the dweight/dbias sums differently and round differently in the last bits).
 */
 #ifndef LLMC_LAYERNORM_CUH
 #define LLMC_LAYERNORM_CUH
@@ -432,12 +469,382 @@ static void layernorm_backward_v2(floatX* dinp, floatX* dweight, floatX* dbias, 
 }
 
 // ----------------------------------------------------------------------------------------------
-// what the engine calls: v2 where it applies, else v1
+// v3: the forward with several rows in flight per warp; the backward with a team of threads per
+// row, cp.async prefetch into shared memory and a one-wave grid (the header comment says why)
+
+#define LN3_FWD_ROWS 1        // rows per warp of the engine's plain forward (2 measured no faster)
+#define LN3_FUSED_ROWS 1      // rows per warp of the engine's fused forward (one row is already 2 loads)
+#define LN3_BWD_THREADS 512   // threads per block of the engine's backward, at most (whole teams)
+#define LN3_BWD_STAGES 4      // rows a team holds in shared memory: the one computed + 3 in flight
+#define LN3_MAX_TEAM 512      // threads of one team at most, so C <= 512 * X128
+#define LN3_MAX_TEAMS 15      // named barriers 1..15 (0 is __syncthreads)
+
+// Rows row0 .. row0 + ROWS - 1 of one warp (row0 = global warp index * ROWS). FUSED: residual =
+// a + b is stored and normalized; else the input is a (b and residual unused).
+template <int VPL, int ROWS, bool FUSED>
+__global__ void __launch_bounds__(256) layernorm_forward_v3_kernel(floatX* residual, floatX* out, float* mean,
+                                                                     float* rstd, const floatX* a, const floatX* b,
+                                                                     const floatX* weight, const floatX* bias, int N,
+                                                                     int C) {
+    const int lane = threadIdx.x % 32;
+    const int row0 = (blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32) * ROWS;
+    if (row0 >= N) return;
+    // every load of the warp's rows is issued before the first is used; kept packed (floatX)
+    x128 pa[ROWS][VPL];
+    x128 pb[FUSED ? ROWS : 1][VPL];
+#pragma unroll
+    for (int r = 0; r < ROWS; r++) {
+        const size_t base = (size_t)(row0 + r) * C;
+#pragma unroll
+        for (int i = 0; i < VPL; i++) {
+            const int c = (i * 32 + lane) * X128;
+            if (row0 + r < N && c < C) {
+                pa[r][i] = load128cs(a + base + c);
+                if (FUSED) pb[FUSED ? r : 0][i] = load128cs(b + base + c);
+            }
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < ROWS; r++) {
+        const int row = row0 + r;
+        if (row >= N) break;  // uniform across the warp
+        const size_t base = (size_t)row * C;
+        float sum = 0.0f;
+#pragma unroll
+        for (int i = 0; i < VPL; i++) {
+            const int c = (i * 32 + lane) * X128;
+            if (c < C) {
+                if (FUSED) {
+#pragma unroll
+                    for (int k = 0; k < X128; k++) {
+                        const float sum_ab = to_float(pa[r][i].v[k]) + to_float(pb[FUSED ? r : 0][i].v[k]);
+                        pa[r][i].v[k] = from_float<floatX>(sum_ab);
+                    }
+                    store128(residual + base + c, pa[r][i]);
+                }
+#pragma unroll
+                for (int k = 0; k < X128; k++) sum += to_float(pa[r][i].v[k]);
+            }
+        }
+        const float m = warp_sum(sum) / C;
+        float var = 0.0f;
+#pragma unroll
+        for (int i = 0; i < VPL; i++) {
+            const int c = (i * 32 + lane) * X128;
+            if (c < C) {
+#pragma unroll
+                for (int k = 0; k < X128; k++) {
+                    const float d = to_float(pa[r][i].v[k]) - m;
+                    var += d * d;
+                }
+            }
+        }
+        const float s = 1.0f / sqrtf(warp_sum(var) / C + LN_EPS);
+#pragma unroll
+        for (int i = 0; i < VPL; i++) {
+            const int c = (i * 32 + lane) * X128;
+            if (c < C) {
+                const x128 w = load128(weight + c);
+                const x128 bb = load128(bias + c);
+                x128 o;
+#pragma unroll
+                for (int k = 0; k < X128; k++) {
+                    const float n = (to_float(pa[r][i].v[k]) - m) * s;
+                    o.v[k] = from_float<floatX>(n * to_float(w.v[k]) + to_float(bb.v[k]));
+                }
+                store128(out + base + c, o);
+            }
+        }
+        if (lane == 0) {
+            mean[row] = m;
+            rstd[row] = s;
+        }
+    }
+}
+
+// rows per warp actually used for VPL packets per lane: ROWS while the rows stay small (VPL <= 4
+// and at most 12 packets per lane in all), else fewer; wide rows (VPL >= 5) have one, since their
+// registers would otherwise cut the warps per SM (and a wide row is already many bytes in flight)
+__host__ __device__ constexpr int ln3_forward_rows(int vpl, int rows) {
+    return vpl > 4 ? 1 : (vpl * rows <= 12 ? rows : 12 / vpl);
+}
+
+template <bool FUSED, int ROWS>
+static void layernorm_forward_v3(floatX* residual, floatX* out, float* mean, float* rstd, const floatX* a,
+                                 const floatX* b, const floatX* weight, const floatX* bias, int N, int C,
+                                 cudaStream_t stream) {
+    const int warps = 8;
+    const dim3 block(32 * warps);
+    switch (layernorm_vpl(C)) {
+#define LLMC_LN3_FWD_CASE(V)                                                                                \
+    case V:                                                                                                 \
+        layernorm_forward_v3_kernel<V, ln3_forward_rows(V, ROWS), FUSED>                                    \
+            <<<ceil_div(N, warps * ln3_forward_rows(V, ROWS)), block, 0, stream>>>(residual, out, mean, rstd, a, \
+                                                                                  b, weight, bias, N, C);  \
+        break;
+        LLMC_LN3_FWD_CASE(1)
+        LLMC_LN3_FWD_CASE(2)
+        LLMC_LN3_FWD_CASE(3)
+        LLMC_LN3_FWD_CASE(4)
+        LLMC_LN3_FWD_CASE(5)
+        LLMC_LN3_FWD_CASE(6)
+        LLMC_LN3_FWD_CASE(7)
+        LLMC_LN3_FWD_CASE(8)
+#undef LLMC_LN3_FWD_CASE
+        default:
+            fprintf(stderr, "layernorm_forward_v3: C=%d not supported\n", C);
+            exit(1);
+    }
+    cudaCheckLast();
+}
+
+// cp.async: 16-byte (L2 only, .cg) and 4-byte (.ca) global -> shared copies that complete in the
+// background; commit_group closes a group of them, wait_group<K> waits until at most K of this
+// thread's groups are pending. Each thread waits for its own copies only.
+__device__ static inline void ln3_copy16(void* smem, const void* gmem) {
+    const unsigned dst = (unsigned)__cvta_generic_to_shared(smem);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(gmem) : "memory");
+}
+__device__ static inline void ln3_copy4(void* smem, const void* gmem) {
+    const unsigned dst = (unsigned)__cvta_generic_to_shared(smem);
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(dst), "l"(gmem) : "memory");
+}
+__device__ static inline void ln3_copy_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int PENDING>
+__device__ static inline void ln3_copy_wait() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(PENDING) : "memory");
+}
+// barrier `id` (1..15) for `threads` threads (whole warps): one team of a block
+__device__ static inline void ln3_team_barrier(int id, int threads) {
+    asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+
+static inline int ln3_team_threads(int C) { return ceil_div(C / X128, 32) * 32; }
+static inline bool layernorm_v3_backward_supported(int C) {
+    return C > 0 && C % X128 == 0 && ln3_team_threads(C) <= LN3_MAX_TEAM;
+}
+// teams per block for about `threads` threads per block (at least one, at most LN3_MAX_TEAMS)
+static inline int ln3_teams(int C, int threads) {
+    const int teams = threads / ln3_team_threads(C);
+    return teams < 1 ? 1 : (teams > LN3_MAX_TEAMS ? LN3_MAX_TEAMS : teams);
+}
+// dynamic shared memory: per team and stage the three 16-byte packets and (mean, rstd) of each
+// thread, then per team two buffers of one (g, g * xhat) pair per warp
+static inline size_t ln3_smem_bytes(int teams, int team_threads, int stages) {
+    return (size_t)teams * stages * team_threads * (3 * sizeof(x128) + sizeof(float2)) +
+           (size_t)teams * 2 * (LN3_MAX_TEAM / 32) * sizeof(float2);
+}
+
+// Block b takes rows [b * N / grid, (b + 1) * N / grid); team t of it the rows t, t + teams, ....
+// scratch[b][0..C) gets the block's dweight partial sums, [C..2C) its dbias partial sums.
+template <int STAGES>
+__global__ void __launch_bounds__(LN3_MAX_TEAM, 2) layernorm_backward_v3_kernel(
+    floatX* dinp, float* scratch, const floatX* dout, const floatX* inp, const floatX* weight, const float* mean,
+    const float* rstd, int N, int C, int teams) {
+    extern __shared__ float4 ln3_shared[];  // float4: 16-byte alignment
+    const int team_threads = blockDim.x / teams;
+    const int team = threadIdx.x / team_threads, t = threadIdx.x % team_threads;
+    const int lane = threadIdx.x % 32, team_warp = t / 32, team_warps = team_threads / 32;
+    char* smem = reinterpret_cast<char*>(ln3_shared);
+    const size_t rows_bytes = (size_t)teams * STAGES * 3 * team_threads * sizeof(x128);
+    const size_t stats_bytes = (size_t)teams * STAGES * team_threads * sizeof(float2);
+    x128* my_rows = reinterpret_cast<x128*>(smem) + (size_t)team * STAGES * 3 * team_threads;  // [stage][3][t]
+    float2* my_stats = reinterpret_cast<float2*>(smem + rows_bytes) + (size_t)team * STAGES * team_threads;
+    float2* my_red = reinterpret_cast<float2*>(smem + rows_bytes + stats_bytes) + team * 2 * (LN3_MAX_TEAM / 32);
+
+    const int row_begin = (int)((long long)blockIdx.x * N / gridDim.x);
+    const int row_end = (int)((long long)(blockIdx.x + 1) * N / gridDim.x);
+    const int team_rows = row_end - row_begin > team ? ceil_div(row_end - row_begin - team, teams) : 0;
+    const int c = t * X128;  // this thread's packet of every row
+    const bool active = c < C;
+    const float inv_C = 1.0f / C;
+
+    x128 pw;  // kept packed (X128 / 2 registers in bf16) and converted where used
+    if (active) pw = load128(weight + c);
+    float dw[X128], db[X128];
+#pragma unroll
+    for (int j = 0; j < X128; j++) dw[j] = db[j] = 0.0f;
+    // starts the copies of the team's k-th row into stage k % STAGES (an empty group past the end)
+    auto issue = [&](int k) {
+        if (k < team_rows && active) {
+            const int row = row_begin + team + k * teams;
+            const size_t off = (size_t)row * C + c;
+            x128* slot = my_rows + (size_t)(k % STAGES) * 3 * team_threads + t;
+            ln3_copy16(slot, dout + off);
+            ln3_copy16(slot + team_threads, inp + off);
+            ln3_copy16(slot + 2 * team_threads, dinp + off);
+            float2* st = my_stats + (k % STAGES) * team_threads + t;
+            ln3_copy4(&st->x, mean + row);
+            ln3_copy4(&st->y, rstd + row);
+        }
+        ln3_copy_commit();
+    };
+#pragma unroll
+    for (int k = 0; k < STAGES - 1; k++) issue(k);
+#pragma unroll 1
+    for (int k = 0; k < team_rows; k++) {
+        // the stage refilled here held row k - 1, which this thread has finished with
+        issue(k + STAGES - 1);
+        ln3_copy_wait<STAGES - 1>();  // row k has landed (this thread's part of it)
+        const x128* slot = my_rows + (size_t)(k % STAGES) * 3 * team_threads + t;
+        const float2* st = my_stats + (k % STAGES) * team_threads + t;
+        float g_sum = 0.0f, gx_sum = 0.0f;
+        if (active) {
+            const x128 pd = slot[0], px = slot[team_threads];
+            const float2 ms = *st;
+#pragma unroll
+            for (int j = 0; j < X128; j++) {
+                const float d = to_float(pd.v[j]);
+                const float xhat = (to_float(px.v[j]) - ms.x) * ms.y;
+                const float g = d * to_float(pw.v[j]);
+                g_sum += g;
+                gx_sum += g * xhat;
+                dw[j] += d * xhat;
+                db[j] += d;
+            }
+        }
+        // the team's sums: shuffles within each warp, then the warps' pairs in warp order (two
+        // buffers: a warp can be one row ahead of another, never two, because of the barrier)
+        g_sum = warp_sum(g_sum);
+        gx_sum = warp_sum(gx_sum);
+        float2* red = my_red + (k & 1) * (LN3_MAX_TEAM / 32);
+        if (lane == 0) red[team_warp] = make_float2(g_sum, gx_sum);
+        ln3_team_barrier(1 + team, team_threads);
+        float gs = 0.0f, gxs = 0.0f;
+        for (int i = 0; i < team_warps; i++) {
+            const float2 v = red[i];
+            gs += v.x;
+            gxs += v.y;
+        }
+        if (active) {
+            // the row is read again from shared memory rather than kept in registers across the
+            // barrier (fewer registers, more threads per SM)
+            const x128 pd = slot[0], px = slot[team_threads], pg = slot[2 * team_threads];
+            const float2 ms = *st;
+            const float g_mean = gs * inv_C, gx_mean = gxs * inv_C;
+            x128 o;
+#pragma unroll
+            for (int j = 0; j < X128; j++) {
+                const float xhat = (to_float(px.v[j]) - ms.x) * ms.y;
+                const float dx = ms.y * (to_float(pd.v[j]) * to_float(pw.v[j]) - g_mean - xhat * gx_mean);
+                o.v[j] = from_float<floatX>(to_float(pg.v[j]) + dx);
+            }
+            const int row = row_begin + team + k * teams;
+            store128(dinp + (size_t)row * C + c, o);
+        }
+    }
+    ln3_copy_wait<0>();
+    __syncthreads();  // every team is done with its stages: they become the 2C accumulator
+    float* acc = reinterpret_cast<float*>(smem);
+    for (int turn = 0; turn < teams; turn++) {  // team 0 writes, then 1, 2, ... add, in that order
+        if (team == turn && active) {
+#pragma unroll
+            for (int j = 0; j < X128; j++) {
+                acc[c + j] = (turn == 0 ? 0.0f : acc[c + j]) + dw[j];
+                acc[C + c + j] = (turn == 0 ? 0.0f : acc[C + c + j]) + db[j];
+            }
+        }
+        __syncthreads();
+    }
+    float* partial = scratch + (size_t)blockIdx.x * 2 * C;
+    for (int j = threadIdx.x; j < 2 * C; j += blockDim.x) partial[j] = acc[j];
+}
+
+// dweight[c] += sum_b partial[b][c], dbias[c] += sum_b partial[b][C + c], b in index order: thread
+// (x, y) of a 32 x 32 block sums b = y, y + 32, ... of column blockIdx.x * 32 + x, then row y = 0
+// adds the 32 sums in order. Grid: ceil(2C / 32) blocks.
+__global__ void __launch_bounds__(1024) layernorm_backward_finish_v3_kernel(floatX* dweight, floatX* dbias,
+                                                                            const float* scratch, int parts, int C) {
+    __shared__ float tile[32][33];
+    const int j = blockIdx.x * 32 + threadIdx.x;
+    float acc = 0.0f;
+    if (j < 2 * C) {
+#pragma unroll 4
+        for (int k = threadIdx.y; k < parts; k += 32) acc += scratch[(size_t)k * 2 * C + j];
+    }
+    tile[threadIdx.y][threadIdx.x] = acc;
+    __syncthreads();
+    if (threadIdx.y == 0 && j < 2 * C) {
+        float s = 0.0f;
+        for (int i = 0; i < 32; i++) s += tile[i][threadIdx.x];
+        floatX* out = j < C ? dweight + j : dbias + (j - C);
+        *out = from_float<floatX>(to_float(*out) + s);
+    }
+}
+
+// Grid of the v3 backward: the blocks that fit on the device at once (one wave), at most one per
+// `teams` rows. Also sets the kernel's dynamic shared-memory limit (above 48 KB needs it).
+template <int STAGES>
+static int layernorm_backward_v3_grid_t(int N, int C, int teams) {
+    const int team_threads = ln3_team_threads(C);
+    const size_t smem = ln3_smem_bytes(teams, team_threads, STAGES);
+    cudaCheck(cudaFuncSetAttribute(layernorm_backward_v3_kernel<STAGES>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                   (int)smem));
+    int device = 0, sms = 0, per_sm = 0;
+    cudaCheck(cudaGetDevice(&device));
+    cudaCheck(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+    cudaCheck(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, layernorm_backward_v3_kernel<STAGES>,
+                                                            teams * team_threads, smem));
+    if (per_sm < 1) per_sm = 1;
+    const int most = ceil_div(N, teams);
+    return per_sm * sms < most ? per_sm * sms : most;
+}
+
+static int layernorm_backward_v3_grid(int N, int C, int teams, int stages) {
+    switch (stages) {
+        case 2: return layernorm_backward_v3_grid_t<2>(N, C, teams);
+        case 3: return layernorm_backward_v3_grid_t<3>(N, C, teams);
+        case 4: return layernorm_backward_v3_grid_t<4>(N, C, teams);
+        case 6: return layernorm_backward_v3_grid_t<6>(N, C, teams);
+        default:
+            fprintf(stderr, "layernorm_backward_v3: %d stages not supported (2, 3, 4, 6)\n", stages);
+            exit(1);
+    }
+}
+
+static size_t layernorm_backward_v3_scratch_floats(int N, int C, int teams, int stages) {
+    return (size_t)layernorm_backward_v3_grid(N, C, teams, stages) * 2 * C;
+}
+
+// teams and stages: the launch configuration (the engine's: ln3_teams(C, LN3_BWD_THREADS) and
+// LN3_BWD_STAGES); scratch holds layernorm_backward_v3_scratch_floats(N, C, teams, stages).
+static void layernorm_backward_v3(floatX* dinp, floatX* dweight, floatX* dbias, float* scratch, const floatX* dout,
+                                  const floatX* inp, const floatX* weight, const float* mean, const float* rstd, int N,
+                                  int C, cudaStream_t stream, int teams, int stages) {
+    if (!layernorm_v3_backward_supported(C) || teams < 1 || teams > LN3_MAX_TEAMS ||
+        teams * ln3_team_threads(C) > LN3_MAX_TEAM) {
+        fprintf(stderr, "layernorm_backward_v3: C=%d with %d teams not supported\n", C, teams);
+        exit(1);
+    }
+    const int grid = layernorm_backward_v3_grid(N, C, teams, stages);
+    const int threads = teams * ln3_team_threads(C);
+    const size_t smem = ln3_smem_bytes(teams, ln3_team_threads(C), stages);
+    switch (stages) {
+#define LLMC_LN3_BWD_CASE(S)                                                                                 \
+    case S:                                                                                                  \
+        layernorm_backward_v3_kernel<S><<<grid, threads, smem, stream>>>(dinp, scratch, dout, inp, weight, mean, \
+                                                                         rstd, N, C, teams);                 \
+        break;
+        LLMC_LN3_BWD_CASE(2)
+        LLMC_LN3_BWD_CASE(3)
+        LLMC_LN3_BWD_CASE(4)
+        LLMC_LN3_BWD_CASE(6)
+#undef LLMC_LN3_BWD_CASE
+    }
+    cudaCheckLast();
+    layernorm_backward_finish_v3_kernel<<<ceil_div(2 * C, 32), dim3(32, 32), 0, stream>>>(dweight, dbias, scratch,
+                                                                                        grid, C);
+    cudaCheckLast();
+}
+
+// ----------------------------------------------------------------------------------------------
+// what the engine calls: v3 where it applies (the forward: C <= 8 * 32 * X128, 2048 bf16; the
+// backward: C <= LN3_MAX_TEAM * X128, 4096 bf16), else v1
 
 static void layernorm_forward(floatX* out, float* mean, float* rstd, const floatX* inp, const floatX* weight,
                               const floatX* bias, int N, int C, cudaStream_t stream) {
     if (layernorm_v2_supported(C)) {
-        layernorm_forward_v2<false>(NULL, out, mean, rstd, inp, NULL, weight, bias, N, C, stream);
+        layernorm_forward_v3<false, LN3_FWD_ROWS>(NULL, out, mean, rstd, inp, NULL, weight, bias, N, C, stream);
     } else {
         layernorm_forward_v1(out, mean, rstd, inp, weight, bias, N, C, stream);
     }
@@ -448,24 +855,27 @@ static void fused_residual_layernorm_forward(floatX* residual, floatX* out, floa
                                              const floatX* b, const floatX* weight, const floatX* bias, int N, int C,
                                              cudaStream_t stream) {
     if (layernorm_v2_supported(C)) {
-        layernorm_forward_v2<true>(residual, out, mean, rstd, a, b, weight, bias, N, C, stream);
+        layernorm_forward_v3<true, LN3_FUSED_ROWS>(residual, out, mean, rstd, a, b, weight, bias, N, C, stream);
     } else {
         fused_residual_layernorm_forward_v1(residual, out, mean, rstd, a, b, weight, bias, N, C, stream);
     }
 }
 
-// Floats of scratch that layernorm_backward needs.
+// Floats of scratch that layernorm_backward needs (for the version it will run).
 static size_t layernorm_backward_scratch_floats(int N, int C) {
-    const size_t v1 = layernorm_backward_v1_scratch_floats(N, C), v2 = layernorm_backward_v2_scratch_floats(N, C);
-    return v1 > v2 ? v1 : v2;
+    if (layernorm_v3_backward_supported(C)) {
+        return layernorm_backward_v3_scratch_floats(N, C, ln3_teams(C, LN3_BWD_THREADS), LN3_BWD_STAGES);
+    }
+    return layernorm_backward_v1_scratch_floats(N, C);
 }
 
 // dinp += ..., dweight += ..., dbias += ...; scratch holds layernorm_backward_scratch_floats(N, C).
 static void layernorm_backward(floatX* dinp, floatX* dweight, floatX* dbias, float* scratch, const floatX* dout,
                                const floatX* inp, const floatX* weight, const float* mean, const float* rstd, int N,
                                int C, cudaStream_t stream) {
-    if (layernorm_v2_supported(C)) {
-        layernorm_backward_v2(dinp, dweight, dbias, scratch, dout, inp, weight, mean, rstd, N, C, stream);
+    if (layernorm_v3_backward_supported(C)) {
+        layernorm_backward_v3(dinp, dweight, dbias, scratch, dout, inp, weight, mean, rstd, N, C, stream,
+                              ln3_teams(C, LN3_BWD_THREADS), LN3_BWD_STAGES);
     } else {
         layernorm_backward_v1(dinp, dweight, dbias, scratch, dout, inp, weight, mean, rstd, N, C, stream);
     }
