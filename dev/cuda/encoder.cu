@@ -1,0 +1,410 @@
+/*
+Encoder (token + position embedding), forward and backward: check and benchmark.
+
+What it computes (llmc/encoder.cuh has the details):
+  forward   out[b,t,:] = wte[inp[b,t],:] + wpe[t,:]
+  backward  dwpe[t,:] += sum_b dout[b,t,:]
+            dwte[v,:] += sum of dout[b,t,:] over the (b,t) with inp[b,t] == v
+Shapes: B = 64, T = 1024, C = 768 by default (GPT-2 124M); vocabulary V = 50,257 in a wte of
+Vp = 50,304 rows, wpe of T rows. out and dout are 100 MB in bf16, wte 77 MB: more than the 50 MB L2.
+
+Tokens. The backward's speed depends on how skewed the tokens are (how many positions share the
+most frequent token), so the timed inputs are drawn like text: the k-th most frequent token with
+probability proportional to 1/(k+1) (a Zipf law: the first one takes ~5% of the positions, ~16,000
+distinct tokens in 65,536 positions; tinyshakespeare's newline takes 12%), ranks mapped to random
+token ids. The backward is also timed on uniform tokens (no token has more than ~10 positions).
+
+Build and run (from this folder; `make` builds every program here):
+    nvcc -O3 -std=c++17 -gencode arch=compute_90,code=sm_90 -I../.. encoder.cu -o encoder
+    ./encoder [B T C]            bf16 (the engine's storage type)
+    add -DLLMC_FP32 for the fp32 build of the same kernels
+
+Versions, forward:
+  v1           one thread per element (the engine's kernel before issue 5): 2-byte loads and
+               stores, and an integer division and modulo per element to find (b, t, c) (GPUs
+               have no integer divider: ~20 instructions each while the values fit in 32 bits).
+  v2           one thread per 16-byte packet (8 bf16): 8x fewer and wider accesses, the index math
+               once per packet. Needs C % 8 == 0 (bf16).
+  v3 (engine)  llmc/encoder.cuh: one warp per (b,t) row, so the token id is read once per row and
+               the only index math is one modulo per row.
+Versions, backward (both deterministic: the host groups positions by token, encoder_backward_plan):
+  v1           naive: dwpe one thread per (t, c) summing over b; dwte one block per distinct token,
+               one thread per column, scalar loads over the token's positions (the engine's kernel
+               before issue 5). A frequent token is summed by one block: thousands of serial rows.
+  v2 (engine)  llmc/encoder.cuh: 16-byte packets; dwpe one thread per (t, packet); dwte of rare
+               tokens one warp each, of frequent tokens split into column slices over persistent
+               blocks, so a frequent token is spread over up to 24 blocks.
+  The engine's two passes (dwpe, dwte) are also timed alone.
+
+Checks: every version against a double-precision CPU reference on fresh random inputs per version
+and shape (values uniform in [-1, 1): the encoder only adds, so their distribution does not matter,
+and they are 10x faster to draw than normal ones at 50M values), at the full shape and at odd ones
+(C = 100 runs the kernels' one-value-at-a-time path; one token at every position). The forward's
+output is poisoned with NaN first. The backward accumulates (+=) into random dwte/dwpe; the whole of
+dwte is compared (an untouched row must keep its value), then the backward is run again from the
+same state and must give the same bits.
+Timing (dev/cuda/common.cuh): 3 warm-up calls, median of 30, GB/s over the bytes that must move and
+% of the device-to-device copy bandwidth measured in the same run:
+  forward   the distinct wte rows the tokens use (repeats can come from L2), T wpe rows, the out
+            rows, and the token ids: (n_distinct + T + B*T) C values + 4 B*T bytes.
+  backward  dout once, the touched dwte rows read and written, dwpe read and written, the plan:
+            (B*T + 2 n_distinct + 2 T) C values + 4 (B*T + 2 n_distinct + 1) bytes. Each gradient
+            needs all of dout and, without atomics or a scratch buffer the size of dout, they
+            cannot share one read (llmc/encoder.cuh), so the engine reads dout twice and tops out
+            near half of copy on this count. The pass rows count dout once per pass:
+            dwpe pass (B*T + 2 T) C values; dwte pass (B*T + 2 n_distinct) C values + the plan.
+*/
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <algorithm>
+#include <string>
+#include <vector>
+
+#include "llmc/encoder.cuh"
+#include "common.cuh"
+
+#ifdef LLMC_FP32
+static const double TOL = 1e-5;  // fp32 storage: summation order only
+#else
+static const double TOL = 5e-3;  // bf16 storage: one rounding of each output (2^-9 relative)
+#endif
+
+static const int VOCAB = 50257, PADDED_VOCAB = 50304;
+
+// ---- versions written here ------------------------------------------------------------------
+
+// forward v1: one thread per element
+__global__ void encoder_forward_v1_kernel(floatX* out, const int* inp, const floatX* wte, const floatX* wpe, int B,
+                                          int T, int C) {
+    const size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= (size_t)B * T * C) return;
+    const size_t bt = idx / C;  // 64-bit division and modulo, once per element
+    const int c = (int)(idx % C), t = (int)(bt % T);
+    out[idx] = from_float<floatX>(to_float(wte[(size_t)inp[bt] * C + c]) + to_float(wpe[(size_t)t * C + c]));
+}
+
+// forward v2: one thread per 16-byte packet (C % X128 == 0)
+__global__ void encoder_forward_v2_kernel(floatX* out, const int* inp, const floatX* wte, const floatX* wpe, int B,
+                                          int T, int C) {
+    const size_t idx = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) * X128;  // first element of the packet
+    if (idx >= (size_t)B * T * C) return;
+    const size_t bt = idx / C;
+    const int c = (int)(idx % C), t = (int)(bt % T);
+    const x128 a = load128(wte + (size_t)inp[bt] * C + c), b = load128(wpe + (size_t)t * C + c);
+    x128 r;
+    for (int k = 0; k < X128; k++) r.v[k] = from_float<floatX>(to_float(a.v[k]) + to_float(b.v[k]));
+    store128(out + idx, r);
+}
+
+// backward v1, dwpe: one thread per (t, c), b in order
+__global__ void encoder_backward_wpe_v1_kernel(floatX* dwpe, const floatX* dout, int B, int T, int C) {
+    const size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= (size_t)T * C) return;
+    float sum = 0.0f;
+    for (int b = 0; b < B; b++) sum += to_float(dout[(size_t)b * T * C + idx]);
+    dwpe[idx] = from_float<floatX>(to_float(dwpe[idx]) + sum);
+}
+
+// backward v1, dwte: one block per bucket (distinct token), one thread per column
+__global__ void encoder_backward_wte_v1_kernel(floatX* dwte, const floatX* dout, const int* tokens,
+                                               const int* starts, const int* positions, int C) {
+    const int k = blockIdx.x;
+    for (int c = threadIdx.x; c < C; c += blockDim.x) {
+        float sum = 0.0f;
+        for (int i = starts[k]; i < starts[k + 1]; i++) sum += to_float(dout[(size_t)positions[i] * C + c]);
+        floatX* g = dwte + (size_t)tokens[k] * C + c;
+        *g = from_float<floatX>(to_float(*g) + sum);
+    }
+}
+
+static void encoder_backward_wpe_v1(floatX* dwpe, const floatX* dout, int B, int T, int C) {
+    encoder_backward_wpe_v1_kernel<<<ceil_div(T * C, 256), 256>>>(dwpe, dout, B, T, C);
+    cudaCheckLast();
+}
+
+static void encoder_backward_wte_v1(floatX* dwte, const floatX* dout, const int* plan, int n, int C) {
+    encoder_backward_wte_v1_kernel<<<n, 256>>>(dwte, dout, plan, plan + n, plan + 2 * n + 1, C);
+    cudaCheckLast();
+}
+
+// ---- inputs -----------------------------------------------------------------------------------
+
+enum TokenLaw { ZIPF, UNIFORM, ONE_TOKEN };
+static const char* law_name(TokenLaw law) {
+    return law == ZIPF ? "zipf tokens" : law == UNIFORM ? "uniform tokens" : "one token";
+}
+
+// n values uniform in [-1, 1), rounded to floatX
+static std::vector<floatX> random_values(Rng* rng, size_t n) {
+    std::vector<floatX> out(n);
+    for (size_t i = 0; i < n; i++) out[i] = from_float<floatX>((float)(2.0 * rng_uniform(rng) - 1.0));
+    return out;
+}
+
+static std::vector<int> random_tokens(Rng* rng, int BT, TokenLaw law) {
+    std::vector<int> tokens(BT);
+    if (law == UNIFORM) {
+        for (int i = 0; i < BT; i++) tokens[i] = (int)rng_below(rng, VOCAB);
+    } else if (law == ONE_TOKEN) {
+        const int token = (int)rng_below(rng, VOCAB);
+        for (int i = 0; i < BT; i++) tokens[i] = token;
+    } else {
+        // rank k (0-based) has weight 1 / (k + 2); ranks go to random token ids
+        std::vector<double> cdf(VOCAB);
+        double total = 0.0;
+        for (int k = 0; k < VOCAB; k++) cdf[k] = (total += 1.0 / (k + 2.0));
+        std::vector<uint32_t> id(VOCAB);
+        for (int k = 0; k < VOCAB; k++) id[k] = (uint32_t)k;
+        rng_shuffle_u32(rng, id.data(), VOCAB);
+        for (int i = 0; i < BT; i++) {
+            const double u = rng_uniform(rng) * total;
+            const int k = (int)(std::upper_bound(cdf.begin(), cdf.end(), u) - cdf.begin());
+            tokens[i] = (int)id[std::min(k, VOCAB - 1)];
+        }
+    }
+    return tokens;
+}
+
+static int distinct_tokens(const std::vector<int>& tokens) {
+    std::vector<char> seen(VOCAB, 0);
+    int n = 0;
+    for (int v : tokens) {
+        if (!seen[v]) n++;
+        seen[v] = 1;
+    }
+    return n;
+}
+
+// ---- forward --------------------------------------------------------------------------------
+
+struct Shape {
+    int B, T, C;
+};
+
+static std::string shape_name(const Shape& s) {
+    char buf[64];
+    snprintf(buf, sizeof(buf), "B=%d T=%d C=%d", s.B, s.T, s.C);
+    return buf;
+}
+
+static const char* FORWARD_VERSIONS[] = {"v1", "v2", "v3 (engine)"};
+
+static void forward_call(int version, floatX* out, const int* inp, const floatX* wte, const floatX* wpe,
+                         const Shape& s) {
+    const size_t total = (size_t)s.B * s.T * s.C;
+    if (version == 0) {
+        encoder_forward_v1_kernel<<<(unsigned)ceil_div_sz(total, 256), 256>>>(out, inp, wte, wpe, s.B, s.T, s.C);
+        cudaCheckLast();
+    } else if (version == 1) {
+        encoder_forward_v2_kernel<<<(unsigned)ceil_div_sz(total / X128, 256), 256>>>(out, inp, wte, wpe, s.B, s.T,
+                                                                                     s.C);
+        cudaCheckLast();
+    } else {
+        encoder_forward(out, inp, wte, wpe, s.B, s.T, s.C, 0);
+    }
+}
+
+// checks one version at one shape on fresh inputs; with copy_gbs > 0 also times it (on those inputs)
+static void forward_case(int version, const Shape& s, uint64_t seed, double copy_gbs) {
+    const char* name = FORWARD_VERSIONS[version];
+    const int BT = s.B * s.T;
+    const size_t n_out = (size_t)BT * s.C;
+    if (version == 1 && s.C % X128 != 0) {
+        printf("forward %s %s: skipped (needs C %% %d == 0)\n", name, shape_name(s).c_str(), X128);
+        return;
+    }
+    Rng rng;
+    rng_init(&rng, seed);
+    const std::vector<floatX> wte = random_values(&rng, (size_t)PADDED_VOCAB * s.C);
+    const std::vector<floatX> wpe = random_values(&rng, (size_t)s.T * s.C);
+    const std::vector<int> tokens = random_tokens(&rng, BT, ZIPF);
+    floatX *d_wte = bench::to_device(wte), *d_wpe = bench::to_device(wpe);
+    int* d_inp = bench::to_device(tokens);
+    floatX* d_out = bench::device_alloc<floatX>(n_out);
+
+    std::vector<double> ref(n_out);
+    for (int bt = 0; bt < BT; bt++) {
+        const floatX* w = &wte[(size_t)tokens[bt] * s.C];
+        const floatX* p = &wpe[(size_t)(bt % s.T) * s.C];
+        for (int c = 0; c < s.C; c++) ref[(size_t)bt * s.C + c] = (double)to_float(w[c]) + (double)to_float(p[c]);
+    }
+    bench::poison(d_out, n_out);
+    forward_call(version, d_out, d_inp, d_wte, d_wpe, s);
+    cudaCheck(cudaDeviceSynchronize());
+    const double err = bench::rel_error(bench::to_host(d_out, n_out), ref);
+
+    const std::string kernel = "encoder forward (" + shape_name(s) + ")";
+    if (copy_gbs > 0.0) {
+        const double ms = bench::time_ms([&] { forward_call(version, d_out, d_inp, d_wte, d_wpe, s); });
+        const double bytes =
+            ((double)distinct_tokens(tokens) + s.T + BT) * s.C * sizeof(floatX) + 4.0 * BT;
+        bench::report_memory(kernel, name, err, TOL, ms, bytes, copy_gbs);
+    } else {
+        bench::check((kernel + " " + name).c_str(), err, TOL);
+    }
+    cudaCheck(cudaFree(d_wte));
+    cudaCheck(cudaFree(d_wpe));
+    cudaCheck(cudaFree(d_inp));
+    cudaCheck(cudaFree(d_out));
+}
+
+// ---- backward -------------------------------------------------------------------------------
+
+static const char* BACKWARD_VERSIONS[] = {"v1", "v2 (engine)"};
+
+struct BackwardData {
+    Shape s;
+    int n;  // distinct tokens (buckets)
+    std::vector<int> tokens;
+    std::vector<floatX> dout, dwte0, dwpe0;  // host copies of the inputs
+    floatX *d_dout, *d_dwte, *d_dwpe;
+    int* d_plan;
+};
+
+// fresh inputs, the engine's host-side plan, and their device copies
+static void backward_data(BackwardData* d, const Shape& s, TokenLaw law, uint64_t seed) {
+    const int BT = s.B * s.T;
+    Rng rng;
+    rng_init(&rng, seed);
+    d->s = s;
+    d->dout = random_values(&rng, (size_t)BT * s.C);
+    d->dwte0 = random_values(&rng, (size_t)PADDED_VOCAB * s.C);
+    d->dwpe0 = random_values(&rng, (size_t)s.T * s.C);
+    d->tokens = random_tokens(&rng, BT, law);
+    std::vector<int> counts(VOCAB), plan(3 * (size_t)BT + 1);
+    EncoderPlanner planner = {counts.data(), VOCAB};
+    d->n = encoder_backward_plan(&planner, d->tokens.data(), BT, plan.data());
+    d->d_dout = bench::to_device(d->dout);
+    d->d_dwte = bench::to_device(d->dwte0);
+    d->d_dwpe = bench::to_device(d->dwpe0);
+    d->d_plan = bench::to_device(plan);
+}
+
+static void backward_free(BackwardData* d) {
+    cudaCheck(cudaFree(d->d_dout));
+    cudaCheck(cudaFree(d->d_dwte));
+    cudaCheck(cudaFree(d->d_dwpe));
+    cudaCheck(cudaFree(d->d_plan));
+}
+
+// pass: 0 both (the version's whole backward), 1 dwpe only, 2 dwte only
+static void backward_call(int version, const BackwardData& d, int pass = 0) {
+    const Shape& s = d.s;
+    if (pass != 2) {
+        if (version == 0) encoder_backward_wpe_v1(d.d_dwpe, d.d_dout, s.B, s.T, s.C);
+        else encoder_backward_wpe(d.d_dwpe, d.d_dout, s.B, s.T, s.C, 0);
+    }
+    if (pass != 1) {
+        if (version == 0) encoder_backward_wte_v1(d.d_dwte, d.d_dout, d.d_plan, d.n, s.C);
+        else encoder_backward_wte(d.d_dwte, d.d_dout, d.d_plan, d.n, s.B * s.T, s.C, 0);
+    }
+}
+
+static std::string backward_kernel(const char* what, const Shape& s, TokenLaw law) {
+    return std::string("encoder backward") + what + " (" + shape_name(s) + ", " + law_name(law) + ")";
+}
+
+// checks one version at one shape on fresh inputs (twice: same bits); with copy_gbs > 0 also times it
+static void backward_case(int version, const Shape& s, TokenLaw law, uint64_t seed, double copy_gbs) {
+    const char* name = BACKWARD_VERSIONS[version];
+    const int BT = s.B * s.T;
+    const size_t n_dwte = (size_t)PADDED_VOCAB * s.C, n_dwpe = (size_t)s.T * s.C;
+    BackwardData d;
+    backward_data(&d, s, law, seed);
+
+    std::vector<double> ref_dwte = bench::to_double(d.dwte0), ref_dwpe = bench::to_double(d.dwpe0);
+    for (int bt = 0; bt < BT; bt++) {
+        const floatX* row = &d.dout[(size_t)bt * s.C];
+        double* gw = &ref_dwte[(size_t)d.tokens[bt] * s.C];
+        double* gp = &ref_dwpe[(size_t)(bt % s.T) * s.C];
+        for (int c = 0; c < s.C; c++) {
+            gw[c] += to_float(row[c]);
+            gp[c] += to_float(row[c]);
+        }
+    }
+    backward_call(version, d);
+    cudaCheck(cudaDeviceSynchronize());
+    const std::vector<floatX> dwte1 = bench::to_host(d.d_dwte, n_dwte), dwpe1 = bench::to_host(d.d_dwpe, n_dwpe);
+    double err = std::max(bench::rel_error(dwte1, ref_dwte), bench::rel_error(dwpe1, ref_dwpe));
+    // determinism: from the same state again, the same bits
+    bench::copy_to_device(d.d_dwte, d.dwte0);
+    bench::copy_to_device(d.d_dwpe, d.dwpe0);
+    backward_call(version, d);
+    cudaCheck(cudaDeviceSynchronize());
+    if (!bench::same_bits(dwte1, bench::to_host(d.d_dwte, n_dwte)) ||
+        !bench::same_bits(dwpe1, bench::to_host(d.d_dwpe, n_dwpe))) {
+        printf("backward %s %s: a second run from the same state gave different bits\n", name, shape_name(s).c_str());
+        err = INFINITY;
+    }
+
+    const std::string kernel = backward_kernel("", s, law);
+    if (copy_gbs > 0.0) {
+        const double ms = bench::time_ms([&] { backward_call(version, d); });
+        const double bytes = ((double)BT + 2.0 * d.n + 2.0 * s.T) * s.C * sizeof(floatX) + 4.0 * (BT + 2.0 * d.n + 1);
+        bench::report_memory(kernel, name, err, TOL, ms, bytes, copy_gbs);
+    } else {
+        bench::check((kernel + " " + name).c_str(), err, TOL);
+    }
+    backward_free(&d);
+}
+
+// times one version's two passes alone (checked as a whole by backward_case)
+static void backward_passes(int version, const Shape& s, TokenLaw law, uint64_t seed, double copy_gbs) {
+    const char* name = BACKWARD_VERSIONS[version];
+    const int BT = s.B * s.T;
+    BackwardData d;
+    backward_data(&d, s, law, seed);
+    const double ms_wpe = bench::time_ms([&] { backward_call(version, d, 1); });
+    const double ms_wte = bench::time_ms([&] { backward_call(version, d, 2); });
+    bench::report_memory("encoder backward, dwpe pass (" + shape_name(s) + ")", name, -1.0, TOL, ms_wpe,
+                         ((double)BT + 2.0 * s.T) * s.C * sizeof(floatX), copy_gbs);
+    bench::report_memory(backward_kernel(", dwte pass", s, law), name, -1.0, TOL, ms_wte,
+                         ((double)BT + 2.0 * d.n) * s.C * sizeof(floatX) + 4.0 * (BT + 2.0 * d.n + 1), copy_gbs);
+    backward_free(&d);
+}
+
+// ---- main -----------------------------------------------------------------------------------
+
+int main(int argc, char** argv) {
+    Shape full = {64, 1024, 768};
+    if (argc == 4) {
+        full = {atoi(argv[1]), atoi(argv[2]), atoi(argv[3])};
+    } else if (argc != 1) {
+        fprintf(stderr, "usage: %s [B T C]   (default 64 1024 768)\n", argv[0]);
+        return 1;
+    }
+    if (full.B <= 0 || full.T <= 0 || full.C <= 0 || (long long)full.B * full.T * 3 + 1 > 2147483647LL) {
+        fprintf(stderr, "error: B, T, C must be positive and 3*B*T + 1 must fit in an int\n");
+        return 1;
+    }
+    cudaDeviceProp prop;
+    cudaCheck(cudaGetDeviceProperties(&prop, 0));
+    printf("encoder: B=%d T=%d C=%d, V=%d (Vp=%d), %s storage, %s\n", full.B, full.T, full.C, VOCAB, PADDED_VOCAB,
+           LLMC_PRECISION_NAME, prop.name);
+    const double copy_gbs = bench::copy_bandwidth_gbs();
+
+    // odd shapes: C = 100 is not a multiple of X128 (the kernels' one-value path), C = 72 leaves
+    // lanes idle, frequent tokens at C = 100 and 72 take the hot kernel with odd slices, one token
+    // everywhere is the most skewed case; the full shape is checked and timed
+    const Shape odd[] = {{3, 37, 100}, {2, 64, 72}};
+    uint64_t seed = 1;
+    for (int v = 0; v < 3; v++) {
+        for (const Shape& s : odd) forward_case(v, s, seed++, 0.0);
+        forward_case(v, full, seed++, copy_gbs);
+    }
+
+    struct {
+        Shape s;
+        TokenLaw law;
+    } const odd_bwd[] = {
+        {{3, 37, 100}, UNIFORM}, {{8, 512, 100}, ZIPF}, {{4, 256, 72}, ZIPF}, {{2, 1024, 768}, ONE_TOKEN}};
+    for (int v = 0; v < 2; v++)
+        for (const auto& c : odd_bwd) backward_case(v, c.s, c.law, seed++, 0.0);
+    for (TokenLaw law : {ZIPF, UNIFORM})
+        for (int v = 0; v < 2; v++) backward_case(v, full, law, seed++, copy_gbs);
+    for (int v = 0; v < 2; v++) backward_passes(v, full, ZIPF, seed++, copy_gbs);
+    return bench::finish();
+}
