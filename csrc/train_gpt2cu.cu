@@ -472,6 +472,7 @@ int main(int argc, char** argv) {
     table_row(log, "device", "%s (sm_%d%d, %d SMs, %.1f GiB)", props.name, props.major, props.minor,
               props.multiProcessorCount, props.totalGlobalMem / 1073741824.0);
     table_row(log, "precision", "%s", LLMC_PRECISION_NAME);
+    table_row(log, "attention", "%s", gpt2cu_attention_backend());
     table_row(log, "train data", "%s", c->train_pattern);
     table_row(log, "train shards / tokens", "%zu / %zu", train_loader.num_shards, train_loader.num_tokens);
     table_row(log, "val data", "%s%s", use_val ? c->val_pattern : "-", c->val_every == 0 ? " (-v 0)" : val_note);

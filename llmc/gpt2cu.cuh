@@ -46,6 +46,26 @@ synchronization of a step. Everything runs on one stream, in order.
 #include "llmc/matmul.cuh"            // defines: matmul_forward/backward, matmul_init
 #include "llmc/rand.h"                // defines: Rng
 
+// Attention backend, fixed at compile time: the flash kernels of llmc/attention.cuh (the simple ones
+// in the fp32 build), or cuDNN's fused SDPA in a bf16 build with -DLLMC_CUDNN (CMake LLMC_CUDNN=ON).
+// Both keep the same natural-log LSE (B, H, T) in att_lse for their own backward; cuDNN's needs no
+// att_delta scratch.
+#if defined(LLMC_CUDNN) && !defined(LLMC_FP32)
+#define GPT2CU_CUDNN_ATTENTION 1
+#include "llmc/cudnn_attention.h"     // defines: cudnn_attention_forward/backward/describe
+#endif
+
+// The attention backend of this build, for config tables and logs.
+static const char* gpt2cu_attention_backend(void) {
+#ifdef GPT2CU_CUDNN_ATTENTION
+    return cudnn_attention_describe();
+#elif defined(LLMC_FP32)
+    return "llmc simple kernels (fp32, llmc/attention.cuh)";
+#else
+    return "llmc flash kernels (llmc/attention.cuh)";
+#endif
+}
+
 // ----------------------------------------------------------------------------------------------
 // structs
 
@@ -97,7 +117,7 @@ typedef struct {
     floatX* dbtc;       // (B, T, C) dlnf / dln2 / datty / dln1
     floatX* dqkv;       // (B, T, 3C)
     floatX* dfch;       // (B, T, 4C)
-    float* att_delta;   // (B, H, T)
+    float* att_delta;   // (B, H, T) (NULL with cuDNN attention)
     float* scratch;     // reductions (column sums, LayerNorm weight grads, global norm)
 } ActsCU;
 
@@ -290,7 +310,9 @@ static void gpt2cu_allocate_activations(GPT2CU* model, int B, int T) {
     a->dbtc = gpt2cu_alloc<floatX>(model, BT * C);
     a->dqkv = gpt2cu_alloc<floatX>(model, BT * 3 * C);
     a->dfch = gpt2cu_alloc<floatX>(model, BT * 4 * C);
+#ifndef GPT2CU_CUDNN_ATTENTION
     a->att_delta = gpt2cu_alloc<float>(model, BT * H);
+#endif
     size_t scratch = column_sum_scratch_floats((int)BT, (int)(4 * C));
     const size_t ln_scratch = layernorm_backward_scratch_floats((int)BT, (int)C);
     if (ln_scratch > scratch) scratch = ln_scratch;
@@ -371,7 +393,11 @@ static int gpt2cu_forward(GPT2CU* model, const int* inputs, const int* targets, 
         floatX* fch_gelu = a->fch_gelu + (r_gelu ? 0 : l * 4 * btc);
         floatX* residual3 = a->residual3 + l * btc;
         matmul_forward(qkv, NULL, ln1, p->qkvw + (size_t)l * 3 * C * C, p->qkvb + (size_t)l * 3 * C, BT, C, 3 * C, s);
+#ifdef GPT2CU_CUDNN_ATTENTION  // stats in every mode: the Python module's backward follows a FORWARD_LOSS
+        cudnn_attention_forward(atty, a->att_lse + (size_t)l * BT * H, qkv, B, T, C, H, 1, s);
+#else
         attention_forward(atty, a->att_lse + (size_t)l * BT * H, qkv, B, T, C, H, s);
+#endif
         matmul_forward(a->proj, NULL, atty, p->attprojw + (size_t)l * C * C, p->attprojb + (size_t)l * C, BT, C, C, s);
         fused_residual_layernorm_forward(residual2, ln2, a->ln2_mean + (size_t)l * BT, a->ln2_rstd + (size_t)l * BT,
                                          residual, a->proj, p->ln2w + (size_t)l * C, p->ln2b + (size_t)l * C, BT, C, s);
@@ -456,8 +482,13 @@ static int gpt2cu_backward(GPT2CU* model) {
         // attention: residual2 = residual + attproj(attention(qkv(ln1(residual))))
         matmul_backward(a->dbtc, g->attprojw + lc * C, g->attprojb + lc, a->dresidual, a->atty + l * btc,
                         p->attprojw + lc * C, NULL, a->scratch, BT, C, C, s);
+#ifdef GPT2CU_CUDNN_ATTENTION
+        cudnn_attention_backward(a->dqkv, a->dbtc, a->atty + l * btc, a->qkv + l * 3 * btc,
+                                 a->att_lse + (size_t)l * BT * H, B, T, C, H, s);
+#else
         attention_backward(a->dqkv, a->att_delta, a->dbtc, a->atty + l * btc, a->qkv + l * 3 * btc,
                            a->att_lse + (size_t)l * BT * H, B, T, C, H, s);
+#endif
         if (r_ln) {
             layernorm_forward(ln1, a->ln1_mean + (size_t)l * BT, a->ln1_rstd + (size_t)l * BT, residual, p->ln1w + lc,
                               p->ln1b + lc, BT, C, s);

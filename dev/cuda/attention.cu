@@ -10,6 +10,9 @@ timed here is what train_gpt2cu runs.
 Build and run (on an sm_90 GPU):
     make -C dev/cuda attention && build-dev-cuda/attention          # all versions
     build-dev-cuda/attention 2                                      # one version
+With cuDNN (adds version 7; needs cuDNN 9 + cudnn-frontend, see README.md):
+    cmake -B build -DLLMC_CUDNN=ON && cmake --build build --target dev_cuda_attention
+    build/dev_cuda/attention
 Versions:
     1  simple: the phase-1 kernels (one thread per row, scalar fp32 FMAs, no tensor cores), the
        fp32 build's kernels, here in bf16
@@ -28,6 +31,10 @@ Versions:
     than 255 registers and spill (slow), which is why FaConfig<128> keeps one m-tile there.
     (Earlier tries, measured 2026-11-23 and dropped: 8 warps x 1 m-tile, 2 m-tiles with 32-key
     forward tiles, dq with 32-key tiles, dk,dv with 64-query tiles: all slower than version 2.)
+    7  cuDNN's fused SDPA through llmc/cudnn_attention.h, the engine's backend when built with
+       LLMC_CUDNN (only in such a build): the same layouts and stats, deterministic backward
+       algorithm; checked and timed like the others, so ours vs cuDNN is one program's ratio. The
+       first call at each shape builds cuDNN's graph; the warm-up calls absorb that.
 PyTorch's cuDNN and FlashAttention-2 backends at the same shapes, for same-machine ratios:
     python3 dev/cuda/attention_sdpa.py
 Checks: every version on fresh random inputs (normal, std 1, so scores have std ~1) at several
@@ -50,6 +57,9 @@ of FlashAttention-2; our dq kernel does 2 more, which are not counted).
 #include <vector>
 
 #include "llmc/attention.cuh"
+#ifdef LLMC_CUDNN
+#include "llmc/cudnn_attention.h"  // defines: cudnn_attention_forward/backward (version 7)
+#endif
 
 #ifdef LLMC_FP32
 #error "dev/cuda/attention.cu benchmarks the bf16 kernels; build it without LLMC_FP32"
@@ -83,6 +93,17 @@ static void flash_bwd(bf16* dqkv, float* delta, const bf16* dout, const bf16* ou
     }
 }
 
+#ifdef LLMC_CUDNN
+static void cudnn_fwd(bf16* out, float* lse, const bf16* qkv, int B, int T, int C, int H, cudaStream_t s) {
+    cudnn_attention_forward(out, lse, qkv, B, T, C, H, 1, s);
+}
+
+static void cudnn_bwd(bf16* dqkv, float*, const bf16* dout, const bf16* out, const bf16* qkv, const float* lse,
+                      int B, int T, int C, int H, cudaStream_t s) {
+    cudnn_attention_backward(dqkv, dout, out, qkv, lse, B, T, C, H, s);
+}
+#endif
+
 struct Version {
     const char* name;
     fwd_fn fwd;
@@ -98,6 +119,9 @@ static const Version versions[] = {
     {"fwd 8w x 2mt, 64-key tiles", flash_fwd<FaCfg<8, 2, 64>>, attention_backward, false, 20},
     {"dkdv 8w x 2mt, 32-q tiles", attention_forward, flash_bwd<FaCfg<8, 2, 32>, FaConfig<64>::Dq>, false, 20},
     {"dq 8w x 2mt, 64-key tiles", attention_forward, flash_bwd<FaConfig<64>::Dkdv, FaCfg<8, 2, 64>>, false, 20},
+#ifdef LLMC_CUDNN
+    {"cuDNN (LLMC_CUDNN)", cudnn_fwd, cudnn_bwd, true, 20},
+#endif
 };
 static const int num_versions = (int)(sizeof(versions) / sizeof(versions[0]));
 
@@ -362,6 +386,9 @@ int main(int argc, char** argv) {
     cudaDeviceProp prop;
     cudaCheck(cudaGetDeviceProperties(&prop, 0));
     printf("device: %s, %d SMs\n", prop.name, prop.multiProcessorCount);
+#ifdef LLMC_CUDNN
+    printf("version %d: %s\n", num_versions, cudnn_attention_describe());
+#endif
 
     struct Shape {
         int B, T, H, HS, nheads;
@@ -411,6 +438,10 @@ int main(int argc, char** argv) {
                r.s.T, r.s.H, r.s.HS, r.t.fwd, fwd_flop / r.t.fwd * 1e-9, r.t.bwd, 2.5 * fwd_flop / r.t.bwd * 1e-9,
                r.t.both, 3.5 * fwd_flop / r.t.both * 1e-9, ratio);
     }
+#ifdef LLMC_CUDNN
+    printf("\ncuDNN workspace (largest graph above): %.1f MiB\n", cudnn_attention_workspace_bytes() / 1048576.0);
+    cudnn_attention_free();
+#endif
     printf("\n%s\n", all_ok ? "all checks PASS" : "SOME CHECKS FAILED");
     return all_ok ? 0 : 1;
 }
