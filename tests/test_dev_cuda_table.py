@@ -254,15 +254,15 @@ def test_timeout_and_missing_rc(rt: ModuleType, tmp_path: Path) -> None:
 def test_sdpa_skipped_and_unknown_program(rt: ModuleType, tmp_path: Path) -> None:
     logs = _all_pass()
     logs["attention_sdpa"] = ("SKIPPED: no PyTorch with CUDA\n", 0)
-    logs["gelu"] = ("gelu: ...\nall checks passed\n", 0)
+    logs["newkernel"] = ("newkernel: ...\nall checks passed\n", 0)
     rows, notes, ok = rt.collect(_write(tmp_path, logs))
     assert ok
     assert _find(rows, "attention B=64 T=1024", "v2 flash (production)").limit == "-"
     assert _find(rows, "attention (torch SDPA)", "-").check.startswith("SKIPPED")
-    gelu = _find(rows, "gelu", "-")
-    assert gelu.check == "pass (no timings parsed)"
-    assert rows[-1] is gelu
-    assert "gelu: no table parser; see gelu.log" in notes
+    new = _find(rows, "newkernel", "-")
+    assert new.check == "pass (no timings parsed)"
+    assert rows[-1] is new
+    assert "newkernel: no table parser; see newkernel.log" in notes
 
 
 def test_bad_folder(rt: ModuleType, tmp_path: Path) -> None:

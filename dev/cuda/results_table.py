@@ -19,7 +19,20 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-KNOWN_ORDER = ("layernorm", "fused_classifier", "matmul", "attention", "attention_sdpa")
+KNOWN_ORDER = (
+    "encoder",
+    "layernorm",
+    "gelu",
+    "matmul",
+    "attention",
+    "attention_sdpa",
+    "softmax",
+    "crossentropy",
+    "fused_classifier",
+    "adamw",
+    "global_norm",
+    "nccl_all_reduce",
+)
 PASS_LINES = ("all checks passed", "all checks PASS")
 FAIL = "FAIL"
 

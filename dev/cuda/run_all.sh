@@ -36,7 +36,8 @@ mkdir -p "$OUT"
 rm -f "$OUT"/*.log "$OUT"/*.rc "$OUT"/results.md
 
 # known programs first (the order of the table), then any other dev/cuda/*.cu
-programs=(layernorm fused_classifier matmul attention)
+programs=(encoder layernorm gelu matmul attention softmax crossentropy fused_classifier adamw global_norm
+    nccl_all_reduce)
 for source in "$REPO"/dev/cuda/*.cu; do
     name=$(basename "$source" .cu)
     [[ " ${programs[*]} " == *" $name "* ]] || programs+=("$name")
