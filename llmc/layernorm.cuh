@@ -16,10 +16,10 @@ Backward, with xhat = (x - mean) * rstd and g = dout * weight:
     dweight[c] += sum_n dout[n,c] * xhat[n,c],   dbias[c] += sum_n dout[n,c]
 
 Bytes: forward 2NC floatX (fused 4NC), backward 4NC (dout, x, dinp read + write) plus O(N + C); a
-few flops per byte, so all three are memory bound. Three versions; the launchers at the bottom
-(what the engine calls) pick v3 wherever it applies, else v1. Numbers below: one H200 (copy 4136
-GB/s), N = 65,536, C = 768, bf16, from dev/cuda/layernorm.cu, where faster candidates (v4) wait
-for a device run.
+few flops per byte, so all three are memory bound. Four versions; the launchers at the bottom
+(what the engine calls) pick for the forward v3 where it applies, else v1, and for the backward v4
+(C <= 1024 bf16), else v3 (C <= 4096), else v1. Numbers below: one H200 (copy ~4140 GB/s), N =
+65,536, C = 768, bf16, from dev/cuda/layernorm.cu (2026-11-24 unless said otherwise).
 
 v1 (the first, simple version; dev/cuda/layernorm.cu keeps timing it): one warp per row, scalar
 loads, two passes over global memory; the backward writes each warp's dweight/dbias partial sums
@@ -39,12 +39,15 @@ plus 2 * VPL * X128 accumulators per lane, 236 registers at C = 768, so one 8-wa
 SM and too few bytes are in flight. The plain forward keeps its row as floats (63 registers) and a
 warp has its one 1.5 KB row in flight only while it loads.
 
-v3 (what the engine runs):
+v3 (the engine's forward; its backward where v4 does not apply):
   forward: v2's warp-per-row arithmetic with the row kept packed (floatX) and converted where
-    used: 48 instead of 63 registers at C = 768, 5 blocks per SM instead of 4: 83.0% (58.8 us).
-    A warp can also load ROWS rows with all their loads issued first: 2 rows measured 82.4%, 4
-    rows 60.3% (121 registers); the engine uses LN3_FWD_ROWS = 1. The fused form runs the same
-    kernel: 91.6% (v2 91.8%).
+    used: 48 instead of 63 registers at C = 768, 5 blocks per SM instead of 4: 83.0-84.9% in four
+    runs (57.4-58.6 us); C = 1024: 86.5%. A warp can also load ROWS rows with all their loads
+    issued first: 2 rows measured 81-82%, 4 rows 60% (121 registers); the engine uses
+    LN3_FWD_ROWS = 1. The fused form runs the same kernel: 90.0-91.8% (v2 91.4%); C = 1024 89.5%.
+    A v4 forward candidate (a one-wave grid of warps, each loading its next row into a second
+    register buffer before computing the current one) measured 76.5% (fused 84.4%) and was
+    dropped: its two buffers cost more warps per SM than the early loads gain.
   backward: a row is shared by a "team" of C / X128 threads (rounded up to whole warps; one 16-byte
     packet of the row per thread), so each thread keeps only X128 dweight and X128 dbias sums
     instead of v2's 2 * VPL * X128 (64 registers in all). A block holds as many teams as fit in
@@ -61,15 +64,44 @@ v3 (what the engine runs):
     block ends at about the same time and there are few partials to add. At the end the teams of
     a block add their sums into shared memory one team after the other, the block writes one 2C
     partial to scratch, and a second kernel adds the partials in block order (32 x 32 threads per
-    32 columns). Measured 76.4% (127.6 us; v2 257 us). What is left (ncu on the 4-team variant,
-    129.9 us in all): the main kernel alone takes 122 us at 66% of peak DRAM throughput, SM
-    throughput 56%, 22 warps active per SM, 69 M warp instructions (~350 per warp per row): bound
-    by latency and instruction issue more than by bandwidth; the partials kernel adds ~6 us. The
-    v4 candidates in dev/cuda/layernorm.cu attack both.
-  Determinism: the row partition depends on N, C and the device (its multiprocessor count and the
-  kernel's occupancy on it), never on timing, and every sum is taken in a fixed order with no
-  atomics, so the same inputs give the same bits run after run on the same GPU (a different GPU
-  model may group the dweight/dbias sums differently and round differently in the last bits).
+    32 columns). Measured 75.6-76.4% (127.6-129.3 us; v2 257 us); C = 1024 74.6%, C = 1600 at N =
+    16,384 59.9% (fewer rows per block). What limited it (ncu on the 4-team variant, 129.9 us in
+    all): the main kernel alone takes 122 us at 66% of peak DRAM throughput, SM throughput 56%,
+    22 warps active per SM, 69 M warp instructions (~350 per warp per row): bound by latency and
+    instruction issue more than by bandwidth; the partials kernel adds a few us.
+
+v4 (the engine's backward for C <= 4 * 32 * X128, 1024 bf16): v3's structure with fewer
+  instructions per row and several packets per thread.
+  - The two sums of a warp (g, g * xhat) in 5 shuffles instead of 10: one exchange across the
+    half-warps leaves the lower half with g partials and the upper with g * xhat partials, then
+    each half reduces its own; a multi-warp team adds its warps' pairs by shuffles, not a loop.
+    dx = rstd * g + (shift + xhat * scale): two FMAs per element.
+  - P packets per thread (thread t of a team owns packets t, t + team_threads, ...): with P = 3
+    a C = 768 row is one warp's, so there is no team barrier at all, and the per-row overhead
+    (shuffles, stats, loop) is shared by 3 packets. 2 * P * X128 accumulators: 127 registers at
+    P = 3 (launch bounds 128); P = 4 needs 166, so its blocks are at most 128 threads.
+  - Small blocks: 2 one-warp teams per block (64 threads), 2 stages. Measured (2026-11-24, two
+    runs): 85.0% and 84.9% of copy (114.3-115.0 us, v3 129 us); its main kernel alone 112.0 us.
+    Other configurations at C = 768: 4 teams 80.4%, 8 teams 76.0%, 1 team 70.8%, 3 stages 82.1%,
+    one packet per thread in v3's 5 teams of 96 threads 73.4% (the fewer shuffles alone do not
+    help), KEEP (g and xhat kept in registers between the two passes over the row: 80 registers)
+    77.3%. The grids were 4 blocks per SM for every block size from 32 to 128 threads, so
+    8 warps per SM (2 teams) beat 16 (4 teams) and 4 (1 team); the cap is likely the 16 named
+    barriers the kernel reserves (bar.sync with a register id), not registers or shared memory.
+  - Wider rows (C = 776 .. 1024 bf16): 3 packets per thread in two-warp teams, 2 teams, 3 stages:
+    C = 1024 87.4% (148.2 us); one warp with 4 packets per thread 85.9%, 4 teams 2 stages 87.3%,
+    v3 74.6%. Not measured at other C in this range.
+  - The partials: v3's kernel (32 x 32 threads per 32 columns). A wider one (8 columns x 128
+    lanes per block, 192 blocks at C = 768) took 8.7-9.0 us alone on 528 partials vs 8.2-8.4 us
+    (both mostly launch and event overhead) and 84.3% vs 85.0% end to end; it stays in
+    dev/cuda/layernorm.cu as a candidate. In the engine the partials add ~3 us (main kernel
+    112.0 us of 115.0).
+
+Determinism (the v3 and v4 backward): the row partition depends on N, C and the device (its
+multiprocessor count and the kernel's occupancy on it), never on timing, and every sum is taken in
+a fixed order with no atomics, so the same inputs give the same bits run after run on the same GPU
+(a different GPU model may group the dweight/dbias sums differently and round differently in the
+last bits). dev/cuda/layernorm.cu runs every backward twice from the same state and compares bits.
 */
 #ifndef LLMC_LAYERNORM_CUH
 #define LLMC_LAYERNORM_CUH
@@ -838,8 +870,303 @@ static void layernorm_backward_v3(floatX* dinp, floatX* dweight, floatX* dbias, 
 }
 
 // ----------------------------------------------------------------------------------------------
-// what the engine calls: v3 where it applies (the forward: C <= 8 * 32 * X128, 2048 bf16; the
-// backward: C <= LN3_MAX_TEAM * X128, 4096 bf16), else v1
+// v4: the backward with P 16-byte packets per thread (a C <= 1024 bf16 row is one warp's: no team
+// barrier), fewer instructions per row, and small blocks (the header comment says why)
+
+#define LN4_BWD_TEAMS 2       // teams per block of the engine's v4 backward
+#define LN4_BWD_STAGES 2      // rows a one-warp team holds in shared memory: the one computed + 1 ahead
+#define LN4_BWD_WIDE_STAGES 3 // the same for wider rows (3 packets per thread, two-warp teams)
+#define LN4_MAX_PACKETS 4     // packets per thread at most (2 * P * X128 accumulators; 128 registers)
+#define LN4_MAX_THREADS 256   // threads per block at most with 2 or 3 packets per thread
+
+// threads per block at most for P packets per thread (launch bounds, with 2 such blocks per SM):
+// one packet fits in 64 registers (512 threads, as v3); 2 or 3 in 128; 4 need more (at 128 they
+// spill), so blocks of at most 128 threads (up to 255 registers)
+__host__ __device__ constexpr int ln4_max_threads(int packets) {
+    return packets == 1 ? LN3_MAX_TEAM : (packets > 3 ? 128 : LN4_MAX_THREADS);
+}
+
+// packets per thread that make a row one warp's (v4 applies up to LN4_MAX_PACKETS of them)
+static inline int ln4_packets(int C) { return ceil_div(C / X128, 32); }
+static inline bool layernorm_v4_backward_supported(int C) {
+    return C > 0 && C % X128 == 0 && ln4_packets(C) <= LN4_MAX_PACKETS;
+}
+// threads of a team: `packets` 16-byte packets each, rounded up to whole warps
+static inline int ln4_team_threads(int C, int packets) { return ceil_div(ceil_div(C / X128, packets), 32) * 32; }
+// teams per block for at most `threads` threads per block (at least one, at most LN3_MAX_TEAMS)
+static inline int ln4_teams(int C, int threads, int packets) {
+    const int teams = threads / ln4_team_threads(C, packets);
+    return teams < 1 ? 1 : (teams > LN3_MAX_TEAMS ? LN3_MAX_TEAMS : teams);
+}
+// dynamic shared memory: per team and stage the three tensors' packets and (mean, rstd) of each
+// thread, then per team two buffers of one (g, g * xhat) pair per warp
+static inline size_t ln4_smem_bytes(int teams, int team_threads, int stages, int packets) {
+    return (size_t)teams * stages * team_threads * (3 * packets * sizeof(x128) + sizeof(float2)) +
+           (size_t)teams * 2 * (LN3_MAX_TEAM / 32) * sizeof(float2);
+}
+
+// Block b takes rows [b * N / grid, (b + 1) * N / grid); team t of it the rows t, t + teams, ....
+// scratch[b][0..C) gets the block's dweight partial sums, [C..2C) its dbias partial sums.
+// Thread t of a team owns the packets t, t + team_threads, ... (P of them) of every row.
+template <int STAGES, int P>
+__global__ void __launch_bounds__(ln4_max_threads(P), 2) layernorm_backward_v4_kernel(
+    floatX* dinp, float* scratch, const floatX* dout, const floatX* inp, const floatX* weight, const float* mean,
+    const float* rstd, int N, int C, int teams) {
+    extern __shared__ float4 ln4_shared[];  // float4: 16-byte alignment
+    const int team_threads = blockDim.x / teams;
+    const int team = threadIdx.x / team_threads, t = threadIdx.x % team_threads;
+    const int lane = threadIdx.x % 32, team_warp = t / 32, team_warps = team_threads / 32;
+    char* smem = reinterpret_cast<char*>(ln4_shared);
+    const size_t rows_bytes = (size_t)teams * STAGES * 3 * P * team_threads * sizeof(x128);
+    const size_t stats_bytes = (size_t)teams * STAGES * team_threads * sizeof(float2);
+    // [stage][tensor][packet][t]: a thread reads back only the slots it filled
+    x128* my_rows = reinterpret_cast<x128*>(smem) + (size_t)team * STAGES * 3 * P * team_threads;
+    float2* my_stats = reinterpret_cast<float2*>(smem + rows_bytes) + (size_t)team * STAGES * team_threads;
+    float2* my_red = reinterpret_cast<float2*>(smem + rows_bytes + stats_bytes) + team * 2 * (LN3_MAX_TEAM / 32);
+
+    const int row_begin = (int)((long long)blockIdx.x * N / gridDim.x);
+    const int row_end = (int)((long long)(blockIdx.x + 1) * N / gridDim.x);
+    const int team_rows = row_end - row_begin > team ? ceil_div(row_end - row_begin - team, teams) : 0;
+    const int stride = team_threads * X128;  // channels between a thread's packets
+    const int c0 = t * X128;                 // this thread's first packet of every row
+    const bool active = c0 < C;
+    const float inv_C = 1.0f / C;
+
+    // the weights: as floats with one packet per thread, kept packed (fewer registers) with several
+    constexpr bool PACKED_W = P > 1;
+    x128 pw[P];
+    float wf[PACKED_W ? 1 : X128];
+    float dw[P][X128], db[P][X128];
+#pragma unroll
+    for (int p = 0; p < P; p++) {
+        const int c = c0 + p * stride;
+        if (c < C) pw[p] = load128(weight + c);
+#pragma unroll
+        for (int j = 0; j < X128; j++) {
+            if (!PACKED_W) wf[PACKED_W ? 0 : j] = c < C ? to_float(pw[p].v[j]) : 0.0f;
+            dw[p][j] = db[p][j] = 0.0f;
+        }
+    }
+    auto w = [&](int p, int j) { return PACKED_W ? to_float(pw[p].v[j]) : wf[PACKED_W ? 0 : j]; };
+    // starts the copies of the team's k-th row into stage k % STAGES (an empty group past the end)
+    auto issue = [&](int k) {
+        if (k < team_rows && active) {
+            const int row = row_begin + team + k * teams;
+            x128* slot = my_rows + (size_t)(k % STAGES) * 3 * P * team_threads + t;
+#pragma unroll
+            for (int p = 0; p < P; p++) {
+                const int c = c0 + p * stride;
+                if (c < C) {
+                    const size_t off = (size_t)row * C + c;
+                    ln3_copy16(slot + p * team_threads, dout + off);
+                    ln3_copy16(slot + (P + p) * team_threads, inp + off);
+                    ln3_copy16(slot + (2 * P + p) * team_threads, dinp + off);
+                }
+            }
+            float2* st = my_stats + (k % STAGES) * team_threads + t;
+            ln3_copy4(&st->x, mean + row);
+            ln3_copy4(&st->y, rstd + row);
+        }
+        ln3_copy_commit();
+    };
+#pragma unroll
+    for (int k = 0; k < STAGES - 1; k++) issue(k);
+#pragma unroll 1
+    for (int k = 0; k < team_rows; k++) {
+        // the stage refilled here held row k - 1, which this thread has finished with
+        issue(k + STAGES - 1);
+        ln3_copy_wait<STAGES - 1>();  // row k has landed (this thread's part of it)
+        const x128* slot = my_rows + (size_t)(k % STAGES) * 3 * P * team_threads + t;
+        const float2* st = my_stats + (k % STAGES) * team_threads + t;
+        float g_sum = 0.0f, gx_sum = 0.0f;
+        if (active) {
+            const float2 ms = *st;
+#pragma unroll
+            for (int p = 0; p < P; p++) {
+                if (c0 + p * stride < C) {
+                    const x128 pd = slot[p * team_threads], px = slot[(P + p) * team_threads];
+#pragma unroll
+                    for (int j = 0; j < X128; j++) {
+                        const float d = to_float(pd.v[j]);
+                        const float xhat = (to_float(px.v[j]) - ms.x) * ms.y;
+                        const float g = d * w(p, j);
+                        g_sum += g;
+                        gx_sum += g * xhat;
+                        dw[p][j] += d * xhat;
+                        db[p][j] += d;
+                    }
+                }
+            }
+        }
+        // the team's two sums, in a fixed order. Within a warp: one exchange across the half-warps
+        // leaves lanes 0-15 with partial g sums and lanes 16-31 with partial g * xhat sums, four
+        // more shuffle steps give lane 0 the warp's g sum and lane 16 its g * xhat sum. Across the
+        // team's warps (at most 16; none when the row is one warp's): through shared memory behind
+        // the team's barrier (two buffers: a warp can be one row ahead of another, never two), lane
+        // i < 16 of every warp reading warp i's g sum and lane 16 + i its g * xhat sum, then the
+        // same four shuffle steps.
+        const bool upper = lane >= 16;
+        float v = upper ? gx_sum : g_sum;
+        v += __shfl_xor_sync(0xFFFFFFFFu, upper ? g_sum : gx_sum, 16);
+#pragma unroll
+        for (int offset = 8; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xFFFFFFFFu, v, offset);
+        float gs = v, gxs = v;
+        if (team_warps > 1) {
+            float2* red = my_red + (k & 1) * (LN3_MAX_TEAM / 32);
+            if (lane == 0) red[team_warp].x = v;
+            if (lane == 16) red[team_warp].y = v;
+            ln3_team_barrier(1 + team, team_threads);
+            const int i = lane % 16;
+            float r = 0.0f;
+            if (i < team_warps) r = upper ? red[i].y : red[i].x;
+#pragma unroll
+            for (int offset = 8; offset > 0; offset >>= 1) r += __shfl_xor_sync(0xFFFFFFFFu, r, offset);
+            gs = r;
+            gxs = r;
+        }
+        gs = __shfl_sync(0xFFFFFFFFu, gs, 0);
+        gxs = __shfl_sync(0xFFFFFFFFu, gxs, 16);
+        if (active) {
+            // the row is read again from shared memory (fewer registers than keeping g and xhat):
+            // dx = rstd * (g - mean(g) - xhat * mean(g * xhat)) = rstd * g + (shift + xhat * scale)
+            const float2 ms = *st;
+            const float shift = -ms.y * gs * inv_C, scale = -ms.y * gxs * inv_C;
+            const int row = row_begin + team + k * teams;
+#pragma unroll
+            for (int p = 0; p < P; p++) {
+                const int c = c0 + p * stride;
+                if (c < C) {
+                    const x128 pd = slot[p * team_threads], px = slot[(P + p) * team_threads];
+                    const x128 pg = slot[(2 * P + p) * team_threads];
+                    x128 o;
+#pragma unroll
+                    for (int j = 0; j < X128; j++) {
+                        const float g = to_float(pd.v[j]) * w(p, j);
+                        const float xhat = (to_float(px.v[j]) - ms.x) * ms.y;
+                        const float dx = fmaf(ms.y, g, fmaf(xhat, scale, shift));
+                        o.v[j] = from_float<floatX>(to_float(pg.v[j]) + dx);
+                    }
+                    store128(dinp + (size_t)row * C + c, o);
+                }
+            }
+        }
+    }
+    ln3_copy_wait<0>();
+    __syncthreads();  // every team is done with its stages: they become the 2C accumulator
+    float* acc = reinterpret_cast<float*>(smem);
+    for (int turn = 0; turn < teams; turn++) {  // team 0 writes, then 1, 2, ... add, in that order
+        if (team == turn) {
+#pragma unroll
+            for (int p = 0; p < P; p++) {
+                const int c = c0 + p * stride;
+                if (c < C) {
+#pragma unroll
+                    for (int j = 0; j < X128; j++) {
+                        acc[c + j] = (turn == 0 ? 0.0f : acc[c + j]) + dw[p][j];
+                        acc[C + c + j] = (turn == 0 ? 0.0f : acc[C + c + j]) + db[p][j];
+                    }
+                }
+            }
+        }
+        __syncthreads();
+    }
+    float* partial = scratch + (size_t)blockIdx.x * 2 * C;
+    for (int j = threadIdx.x; j < 2 * C; j += blockDim.x) partial[j] = acc[j];
+}
+
+// A launch configuration of the v4 backward.
+struct Ln4Config {
+    int teams, stages, packets;
+};
+// The engine's (for C with layernorm_v4_backward_supported(C)), the best measured: rows of at most
+// 3 * 32 packets (C <= 768 bf16) are one warp's, 2 teams per block, 2 stages (C = 768: 85.0% of
+// copy; 3 stages 82.1%); wider rows (up to 4 * 32 packets) take 3 packets per thread in two-warp
+// teams, 2 teams, 3 stages (C = 1024: 87.4%; one warp with 4 packets per thread 85.9%).
+static inline Ln4Config ln4_engine_config(int C) {
+    const int packets = ln4_packets(C);
+    const Ln4Config k = {LN4_BWD_TEAMS, packets <= 3 ? LN4_BWD_STAGES : LN4_BWD_WIDE_STAGES,
+                         packets <= 3 ? packets : 3};
+    return k;
+}
+static inline bool ln4_config_ok(int C, const Ln4Config& k) {
+    if (C <= 0 || C % X128 != 0 || k.teams < 1 || k.teams > LN3_MAX_TEAMS) return false;
+    if (k.stages < 2 || k.stages > 4 || k.packets < 1 || k.packets > LN4_MAX_PACKETS) return false;
+    const int team_threads = ln4_team_threads(C, k.packets);
+    const size_t smem = ln4_smem_bytes(k.teams, team_threads, k.stages, k.packets);
+    return team_threads <= LN3_MAX_TEAM && k.teams * team_threads <= ln4_max_threads(k.packets) && smem <= 200 * 1024 &&
+           2 * (size_t)C * sizeof(float) <= smem;  // the stages also hold the block's 2C partial
+}
+
+// calls fn(kernel) with the kernel instance of configuration k (checked first)
+template <typename Fn>
+static void ln4_with_kernel(int C, const Ln4Config& k, Fn fn) {
+    if (!ln4_config_ok(C, k)) {
+        fprintf(stderr, "layernorm_backward_v4: C=%d with %d teams, %d stages, %d packets not supported\n", C,
+                k.teams, k.stages, k.packets);
+        exit(1);
+    }
+    switch (k.stages * 10 + k.packets) {
+#define LLMC_LN4_BWD_CASE(S, P) \
+    case S * 10 + P: fn(layernorm_backward_v4_kernel<S, P>); break;
+        LLMC_LN4_BWD_CASE(2, 1) LLMC_LN4_BWD_CASE(2, 2) LLMC_LN4_BWD_CASE(2, 3) LLMC_LN4_BWD_CASE(2, 4)
+        LLMC_LN4_BWD_CASE(3, 1) LLMC_LN4_BWD_CASE(3, 2) LLMC_LN4_BWD_CASE(3, 3) LLMC_LN4_BWD_CASE(3, 4)
+        LLMC_LN4_BWD_CASE(4, 1) LLMC_LN4_BWD_CASE(4, 2) LLMC_LN4_BWD_CASE(4, 3) LLMC_LN4_BWD_CASE(4, 4)
+#undef LLMC_LN4_BWD_CASE
+    }
+}
+
+// Grid of the v4 backward: the blocks that fit on the device at once (one wave), at most one per
+// `teams` rows. Also sets the kernel's dynamic shared-memory limit (above 48 KB needs it).
+static int layernorm_backward_v4_grid(int N, int C, const Ln4Config& k) {
+    const int threads = k.teams * ln4_team_threads(C, k.packets);
+    const size_t smem = ln4_smem_bytes(k.teams, ln4_team_threads(C, k.packets), k.stages, k.packets);
+    int device = 0, sms = 0, per_sm = 0;
+    cudaCheck(cudaGetDevice(&device));
+    cudaCheck(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+    ln4_with_kernel(C, k, [&](auto kernel) {
+        cudaCheck(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+        cudaCheck(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, smem));
+    });
+    if (per_sm < 1) per_sm = 1;
+    const int most = ceil_div(N, k.teams);
+    return per_sm * sms < most ? per_sm * sms : most;
+}
+
+static size_t layernorm_backward_v4_scratch_floats(int N, int C, const Ln4Config& k) {
+    return (size_t)layernorm_backward_v4_grid(N, C, k) * 2 * C;
+}
+
+// The main kernel alone (dinp and the per-block partials in scratch); returns its grid, the
+// number of partials.
+static int layernorm_backward_v4_partials(floatX* dinp, float* scratch, const floatX* dout, const floatX* inp,
+                                          const floatX* weight, const float* mean, const float* rstd, int N, int C,
+                                          cudaStream_t stream, const Ln4Config& k) {
+    const int grid = layernorm_backward_v4_grid(N, C, k);  // checks the configuration
+    const int team_threads = ln4_team_threads(C, k.packets);
+    const size_t smem = ln4_smem_bytes(k.teams, team_threads, k.stages, k.packets);
+    ln4_with_kernel(C, k, [&](auto kernel) {
+        kernel<<<grid, k.teams * team_threads, smem, stream>>>(dinp, scratch, dout, inp, weight, mean, rstd, N, C,
+                                                               k.teams);
+    });
+    cudaCheckLast();
+    return grid;
+}
+
+// k: the launch configuration; scratch holds layernorm_backward_v4_scratch_floats(N, C, k) floats.
+// The partials are added by v3's kernel (measured faster than a wider one: the header comment).
+static void layernorm_backward_v4(floatX* dinp, floatX* dweight, floatX* dbias, float* scratch, const floatX* dout,
+                                  const floatX* inp, const floatX* weight, const float* mean, const float* rstd, int N,
+                                  int C, cudaStream_t stream, const Ln4Config& k) {
+    const int grid = layernorm_backward_v4_partials(dinp, scratch, dout, inp, weight, mean, rstd, N, C, stream, k);
+    layernorm_backward_finish_v3_kernel<<<ceil_div(2 * C, 32), dim3(32, 32), 0, stream>>>(dweight, dbias, scratch,
+                                                                                        grid, C);
+    cudaCheckLast();
+}
+
+// ----------------------------------------------------------------------------------------------
+// what the engine calls: the forward v3 where it applies (C <= 8 * 32 * X128, 2048 bf16), else v1;
+// the backward v4 where a row is one warp's with at most LN4_MAX_PACKETS packets per thread
+// (C <= 4 * 32 * X128, 1024 bf16), else v3 (C <= LN3_MAX_TEAM * X128, 4096 bf16), else v1
 
 static void layernorm_forward(floatX* out, float* mean, float* rstd, const floatX* inp, const floatX* weight,
                               const floatX* bias, int N, int C, cudaStream_t stream) {
@@ -863,6 +1190,9 @@ static void fused_residual_layernorm_forward(floatX* residual, floatX* out, floa
 
 // Floats of scratch that layernorm_backward needs (for the version it will run).
 static size_t layernorm_backward_scratch_floats(int N, int C) {
+    if (layernorm_v4_backward_supported(C)) {
+        return layernorm_backward_v4_scratch_floats(N, C, ln4_engine_config(C));
+    }
     if (layernorm_v3_backward_supported(C)) {
         return layernorm_backward_v3_scratch_floats(N, C, ln3_teams(C, LN3_BWD_THREADS), LN3_BWD_STAGES);
     }
@@ -873,7 +1203,10 @@ static size_t layernorm_backward_scratch_floats(int N, int C) {
 static void layernorm_backward(floatX* dinp, floatX* dweight, floatX* dbias, float* scratch, const floatX* dout,
                                const floatX* inp, const floatX* weight, const float* mean, const float* rstd, int N,
                                int C, cudaStream_t stream) {
-    if (layernorm_v3_backward_supported(C)) {
+    if (layernorm_v4_backward_supported(C)) {
+        layernorm_backward_v4(dinp, dweight, dbias, scratch, dout, inp, weight, mean, rstd, N, C, stream,
+                              ln4_engine_config(C));
+    } else if (layernorm_v3_backward_supported(C)) {
         layernorm_backward_v3(dinp, dweight, dbias, scratch, dout, inp, weight, mean, rstd, N, C, stream,
                               ln3_teams(C, LN3_BWD_THREADS), LN3_BWD_STAGES);
     } else {

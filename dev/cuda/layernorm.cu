@@ -9,43 +9,42 @@ What it computes (llmc/layernorm.cuh has the formulas): for N rows of C channels
 Shapes: N = B*T = 65,536 rows, C = 768 by default (GPT-2 124M at B = 64, T = 1024); each (N, C)
 tensor is 100 MB in bf16, larger than the L2 cache, so every run reads from DRAM. Before it, every
 version is checked (not timed) on small shapes: odd N, the GPT-2 widths 768..1600, C = 2048 and
-4096, C = 8 and 776 (a partial last packet group), C = 99 (no 16-byte packets: only v1 applies).
+4096, C = 384 and 512 (v4 with 2 packets per thread in bf16; in fp32 3, and the wider rows'
+configuration), C = 8 and 776 (a partial last packet group), C = 99 (no 16-byte packets: only v1
+applies).
 
 Build and run (from the repository root):
     make -C dev/cuda layernorm && build-dev-cuda/layernorm [N C] [--no-sweep] [--v4]
     (or: nvcc -O3 -std=c++17 -gencode arch=compute_90,code=sm_90 -I. dev/cuda/layernorm.cu -o layernorm)
-    --no-sweep skips the small-shape checks (e.g. under ncu); --v4 adds the v4 candidates below.
+    --no-sweep skips the small-shape checks (e.g. under ncu); --v4 adds the backward candidates
+    below (other launch configurations of v3 and v4, the wide partials kernel).
     Add -DLLMC_FP32 for the fp32 build of the same kernels.
 
-Versions. v1, v2, v3 are the production header's kernels (included, never copied; its top comment
-says what each changes and why); "(engine)" marks the one the engine's public functions run
-(layernorm_forward, fused_residual_layernorm_forward, layernorm_backward), which are also checked
-on every shape, fallbacks included.
+Versions. v1..v4 are the production header's kernels (included, never copied; its top comment
+says what each changes and why, with the measured numbers); "(engine)" marks the one the
+engine's public functions run (layernorm_forward, fused_residual_layernorm_forward,
+layernorm_backward), which are also checked on every shape, fallbacks included. The default run
+prints the engine and the older versions; --v4 adds the candidates.
   v1  one warp per row, scalar loads, two passes over global memory; the backward keeps each
       warp's dweight/dbias partial sums in global scratch and re-reads/re-writes them every row.
   v2  one warp per row, 16-byte loads, the row kept in registers (read once); the backward
       accumulates dweight/dbias per lane in registers over a block's 128 rows (236 registers at
       C = 768: one block per SM), reduces the block's warps through shared memory in a fixed order,
       then one small kernel adds the per-block partials in block order.
-  v3  forward: v2's arithmetic with 1, 2 or 4 rows per warp, all their loads issued first, kept
-      packed (48 registers at 1 row: 5 blocks per SM instead of v2's 4; 4 rows: 121 registers).
-      Backward: a team of C/8 threads per row (one 16-byte packet each, 16 accumulators), rows
-      prefetched 1..5 ahead into shared memory with cp.async, a one-wave grid sized by the
-      occupancy API; the variants differ in threads per block (teams) and stages.
-  v4  candidates written here, not (yet) in the engine, and NOT YET RUN ON A GPU (the session that
-      wrote them had no device run left): checked and timed only with --v4. v3's measurements
-      said what limits it (ncu at C = 768: the backward kernel issues ~350 instructions per warp
-      per row, instruction issue ~55% busy, DRAM 66% of peak; the plain forward has one row in
-      flight per warp only while it loads), so:
-      forward: a one-wave grid of warps, each loading its next row before computing the current
-          one (two register buffers), so a warp always has a row in flight; C <= 1024 bf16.
-      backward: v3 with fewer instructions per row: the two sums of a warp in 5 shuffles instead
-          of 10 (half-warps exchange one value, then reduce one each), the team's warps added by
-          shuffles instead of a loop, weights kept as floats, dx as two FMAs; options: KEEP (g and
-          xhat stay in registers between the passes: 80 registers), P = 3 packets per thread
-          (a C = 768 row is one warp's: no team barrier, ~27% fewer instructions per row, 128
-          registers); and a wider partials kernel (8 columns x 128 lanes per block, 192 blocks at
-          C = 768, instead of 32 x 32 in 48 blocks: v3's took 6.4 us of the 128 us).
+  v3  forward (the engine's): v2's arithmetic with 1, 2 or 4 rows per warp, all their loads issued
+      first, kept packed (48 registers at 1 row: 5 blocks per SM instead of v2's 4; 4 rows: 121).
+      Backward (the engine's for C > 1024 bf16): a team of C/8 threads per row (one 16-byte packet
+      each, 16 accumulators), rows prefetched 1..5 ahead into shared memory with cp.async, a
+      one-wave grid sized by the occupancy API; the candidates differ in teams and stages.
+  v4  backward (the engine's for C <= 1024 bf16): v3 with fewer instructions per row (5 shuffles
+      for a warp's two sums instead of 10, dx as two FMAs) and P packets per thread, so a C = 768
+      row is one warp's (3 packets: no team barrier), in blocks of 2 teams, 2 stages; wider rows:
+      3 packets per thread, two-warp teams, 3 stages. Candidates (--v4): the wide partials kernel
+      below instead of v3's, 1 or 4 teams per block, 3 stages, 4 packets per thread, and one
+      packet per thread in 5 teams of 96 (v3's shape with v4's arithmetic). Dropped after the
+      2026-11-24 runs (numbers in the header comment): a v4 forward (one-wave grid, next row
+      loaded before the current one is computed: 76.5% vs v3's 84.9%), KEEP (g and xhat kept in
+      registers between the passes: 77.3%), 8 teams of one warp (76.0%).
 
 Checks: every version against a double-precision CPU reference computed from the same rounded
 inputs, on fresh random inputs per shape; outputs (out, residual, mean, rstd, the backward's
@@ -75,355 +74,7 @@ static const double TOL = 1e-2;  // bf16 storage: one rounding of the output (2^
 #endif
 
 // ==============================================================================================
-// v4 candidates (see the top comment): written here until a device run shows they earn a place
-// in llmc/layernorm.cuh. They reuse the header's cp.async and named-barrier helpers.
-
-#define LN4_KEEP_THREADS 384  // threads per block at most of the KEEP variant (80 registers, 2 blocks/SM)
-
-// Blocks of `threads` threads that fit on the device at once, for one wave of `kernel`.
-template <typename Kernel>
-static int ln4_one_wave_blocks(Kernel kernel, int threads, size_t smem) {
-    int device = 0, sms = 0, per_sm = 0;
-    cudaCheck(cudaGetDevice(&device));
-    cudaCheck(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-    cudaCheck(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, smem));
-    return (per_sm < 1 ? 1 : per_sm) * sms;
-}
-
-// One warp normalizes row `row` from its packets pa (FUSED: residual = pa + pb, stored; pa is
-// overwritten with it). Lane `lane` holds channels (i * 32 + lane) * X128 .. + X128, i < VPL.
-template <int VPL, bool FUSED>
-__device__ __forceinline__ void ln4_forward_row(x128* pa, const x128* pb, floatX* residual, floatX* out, float* mean,
-                                                float* rstd, const floatX* weight, const floatX* bias, int row,
-                                                int C, int lane) {
-    const size_t base = (size_t)row * C;
-    float sum = 0.0f;
-#pragma unroll
-    for (int i = 0; i < VPL; i++) {
-        const int c = (i * 32 + lane) * X128;
-        if (c < C) {
-            if (FUSED) {
-#pragma unroll
-                for (int k = 0; k < X128; k++) {
-                    pa[i].v[k] = from_float<floatX>(to_float(pa[i].v[k]) + to_float(pb[i].v[k]));
-                }
-                store128(residual + base + c, pa[i]);
-            }
-#pragma unroll
-            for (int k = 0; k < X128; k++) sum += to_float(pa[i].v[k]);
-        }
-    }
-    const float m = warp_sum(sum) / C;
-    float var = 0.0f;
-#pragma unroll
-    for (int i = 0; i < VPL; i++) {
-        const int c = (i * 32 + lane) * X128;
-        if (c < C) {
-#pragma unroll
-            for (int k = 0; k < X128; k++) {
-                const float d = to_float(pa[i].v[k]) - m;
-                var += d * d;
-            }
-        }
-    }
-    const float s = 1.0f / sqrtf(warp_sum(var) / C + LN_EPS);
-#pragma unroll
-    for (int i = 0; i < VPL; i++) {
-        const int c = (i * 32 + lane) * X128;
-        if (c < C) {
-            const x128 w = load128(weight + c);
-            const x128 bb = load128(bias + c);
-            x128 o;
-#pragma unroll
-            for (int k = 0; k < X128; k++) {
-                o.v[k] = from_float<floatX>((to_float(pa[i].v[k]) - m) * s * to_float(w.v[k]) + to_float(bb.v[k]));
-            }
-            store128(out + base + c, o);
-        }
-    }
-    if (lane == 0) {
-        mean[row] = m;
-        rstd[row] = s;
-    }
-}
-
-// starts the 16-byte loads of row `row` (and of b for FUSED) into pa, pb
-template <int VPL, bool FUSED>
-__device__ __forceinline__ void ln4_forward_load(x128* pa, x128* pb, const floatX* a, const floatX* b, int row, int C,
-                                                 int lane) {
-    const size_t base = (size_t)row * C;
-#pragma unroll
-    for (int i = 0; i < VPL; i++) {
-        const int c = (i * 32 + lane) * X128;
-        if (c < C) {
-            pa[i] = load128cs(a + base + c);
-            if (FUSED) pb[i] = load128cs(b + base + c);
-        }
-    }
-}
-
-
-// v4 forward: a one-wave grid of warps, warp w taking rows w, w + W, w + 2W, ... (W warps in all);
-// the loads of its next row are issued before the current row is computed (two register buffers,
-// the loop unrolled by two so that neither is copied), so a warp always has a row in flight.
-template <int VPL, bool FUSED>
-__global__ void __launch_bounds__(256) layernorm_forward_v4_kernel(floatX* residual, floatX* out, float* mean,
-                                                                     float* rstd, const floatX* a, const floatX* b,
-                                                                     const floatX* weight, const floatX* bias, int N,
-                                                                     int C) {
-    const int lane = threadIdx.x % 32;
-    const int W = gridDim.x * (blockDim.x / 32);
-    int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
-    if (row >= N) return;
-    x128 pa0[VPL], pa1[VPL], pb0[FUSED ? VPL : 1], pb1[FUSED ? VPL : 1];
-    ln4_forward_load<VPL, FUSED>(pa0, pb0, a, b, row, C, lane);
-    while (true) {
-        if (row + W < N) ln4_forward_load<VPL, FUSED>(pa1, pb1, a, b, row + W, C, lane);
-        ln4_forward_row<VPL, FUSED>(pa0, pb0, residual, out, mean, rstd, weight, bias, row, C, lane);
-        row += W;
-        if (row >= N) break;
-        if (row + W < N) ln4_forward_load<VPL, FUSED>(pa0, pb0, a, b, row + W, C, lane);
-        ln4_forward_row<VPL, FUSED>(pa1, pb1, residual, out, mean, rstd, weight, bias, row, C, lane);
-        row += W;
-        if (row >= N) break;
-    }
-}
-
-// the v4 forward applies to rows of at most 4 packets per lane (C <= 1024 bf16, 512 fp32): two
-// buffers of wider rows take so many registers that fewer warps fit on an SM than v3 runs
-static bool layernorm_forward_v4_supported(int C) { return layernorm_v2_supported(C) && layernorm_vpl(C) <= 4; }
-
-template <bool FUSED>
-static void layernorm_forward_v4(floatX* residual, floatX* out, float* mean, float* rstd, const floatX* a,
-                                 const floatX* b, const floatX* weight, const floatX* bias, int N, int C,
-                                 cudaStream_t stream) {
-    const int warps = 8;
-    switch (layernorm_vpl(C)) {
-#define LLMC_LN4_FWD_CASE(V)                                                                                      \
-    case V: {                                                                                                     \
-        int grid = ln4_one_wave_blocks(layernorm_forward_v4_kernel<V, FUSED>, 32 * warps, 0);                     \
-        if (grid > ceil_div(N, warps)) grid = ceil_div(N, warps);                                                 \
-        layernorm_forward_v4_kernel<V, FUSED><<<grid, 32 * warps, 0, stream>>>(residual, out, mean, rstd, a, b,   \
-                                                                               weight, bias, N, C);               \
-        break;                                                                                                    \
-    }
-        LLMC_LN4_FWD_CASE(1)
-        LLMC_LN4_FWD_CASE(2)
-        LLMC_LN4_FWD_CASE(3)
-        LLMC_LN4_FWD_CASE(4)
-#undef LLMC_LN4_FWD_CASE
-        default:
-            fprintf(stderr, "layernorm_forward_v4: C=%d not supported\n", C);
-            exit(1);
-    }
-    cudaCheckLast();
-}
-
-// threads of a team: P 16-byte packets each, rounded up to whole warps
-static inline int ln4_team_threads(int C, int packets) { return ceil_div(ceil_div(C / X128, packets), 32) * 32; }
-// teams per block for at most `threads` threads per block (at least one, at most LN3_MAX_TEAMS)
-static inline int ln4_teams(int C, int threads, int packets) {
-    const int teams = threads / ln4_team_threads(C, packets);
-    return teams < 1 ? 1 : (teams > LN3_MAX_TEAMS ? LN3_MAX_TEAMS : teams);
-}
-// dynamic shared memory: per team and stage the three tensors' packets and (mean, rstd) of each
-// thread, then per team two buffers of one (g, g * xhat) pair per warp
-static inline size_t ln4_smem_bytes(int teams, int team_threads, int stages, int packets) {
-    return (size_t)teams * stages * team_threads * (3 * packets * sizeof(x128) + sizeof(float2)) +
-           (size_t)teams * 2 * (LN3_MAX_TEAM / 32) * sizeof(float2);
-}
-// launch bounds: at most 64 registers for the default (2 blocks of 512 threads), 80 for KEEP (2
-// blocks of 384), 128 with several packets per thread (2 blocks of 256: at 80 registers their
-// 2 * P * X128 accumulators spill)
-#define LN4_PACKETS_THREADS 256
-__host__ __device__ constexpr int ln4_max_threads(bool keep, int packets) {
-    return packets > 1 ? LN4_PACKETS_THREADS : (keep ? LN4_KEEP_THREADS : LN3_MAX_TEAM);
-}
-__host__ __device__ constexpr int ln4_min_blocks(int /*packets*/) { return 2; }
-
-// Block b takes rows [b * N / grid, (b + 1) * N / grid); team t of it the rows t, t + teams, ....
-// scratch[b][0..C) gets the block's dweight partial sums, [C..2C) its dbias partial sums.
-// P: packets per thread (thread t of a team owns packets t, t + team_threads, ...); P = 3 makes a
-// C = 768 bf16 row one warp's (no barrier wait, fewer instructions per row, 2 * 24 accumulators).
-// KEEP (P = 1 only): g = dout * weight and xhat stay in registers from the first pass over the
-// row to the second (fewer instructions, 80 registers); else the second pass reads the row again
-// from shared memory and recomputes them.
-template <int STAGES, bool KEEP, int P>
-__global__ void __launch_bounds__(ln4_max_threads(KEEP, P), ln4_min_blocks(P)) layernorm_backward_v4_kernel(
-    floatX* dinp, float* scratch, const floatX* dout, const floatX* inp, const floatX* weight, const float* mean,
-    const float* rstd, int N, int C, int teams) {
-    static_assert(!KEEP || P == 1, "KEEP needs one packet per thread");
-    extern __shared__ float4 ln4_shared[];  // float4: 16-byte alignment
-    const int team_threads = blockDim.x / teams;
-    const int team = threadIdx.x / team_threads, t = threadIdx.x % team_threads;
-    const int lane = threadIdx.x % 32, team_warp = t / 32, team_warps = team_threads / 32;
-    char* smem = reinterpret_cast<char*>(ln4_shared);
-    const size_t rows_bytes = (size_t)teams * STAGES * 3 * P * team_threads * sizeof(x128);
-    const size_t stats_bytes = (size_t)teams * STAGES * team_threads * sizeof(float2);
-    // [stage][tensor][packet][t]: a thread reads back only the slots it filled
-    x128* my_rows = reinterpret_cast<x128*>(smem) + (size_t)team * STAGES * 3 * P * team_threads;
-    float2* my_stats = reinterpret_cast<float2*>(smem + rows_bytes) + (size_t)team * STAGES * team_threads;
-    float2* my_red = reinterpret_cast<float2*>(smem + rows_bytes + stats_bytes) + team * 2 * (LN3_MAX_TEAM / 32);
-
-    const int row_begin = (int)((long long)blockIdx.x * N / gridDim.x);
-    const int row_end = (int)((long long)(blockIdx.x + 1) * N / gridDim.x);
-    const int team_rows = row_end - row_begin > team ? ceil_div(row_end - row_begin - team, teams) : 0;
-    const int stride = team_threads * X128;  // channels between a thread's packets
-    const int c0 = t * X128;                 // this thread's first packet of every row
-    const bool active = c0 < C;
-    const float inv_C = 1.0f / C;
-
-    // the weights: as floats with one packet per thread, kept packed with several (registers)
-    constexpr bool PACKED_W = P > 1;
-    x128 pw[P];
-    float wf[PACKED_W ? 1 : X128];
-    float dw[P][X128], db[P][X128];
-#pragma unroll
-    for (int p = 0; p < P; p++) {
-        const int c = c0 + p * stride;
-        if (c < C) pw[p] = load128(weight + c);
-#pragma unroll
-        for (int j = 0; j < X128; j++) {
-            if (!PACKED_W) wf[PACKED_W ? 0 : j] = c < C ? to_float(pw[p].v[j]) : 0.0f;
-            dw[p][j] = db[p][j] = 0.0f;
-        }
-    }
-    auto w = [&](int p, int j) { return PACKED_W ? to_float(pw[p].v[j]) : wf[PACKED_W ? 0 : j]; };
-    // starts the copies of the team's k-th row into stage k % STAGES (an empty group past the end)
-    auto issue = [&](int k) {
-        if (k < team_rows && active) {
-            const int row = row_begin + team + k * teams;
-            x128* slot = my_rows + (size_t)(k % STAGES) * 3 * P * team_threads + t;
-#pragma unroll
-            for (int p = 0; p < P; p++) {
-                const int c = c0 + p * stride;
-                if (c < C) {
-                    const size_t off = (size_t)row * C + c;
-                    ln3_copy16(slot + p * team_threads, dout + off);
-                    ln3_copy16(slot + (P + p) * team_threads, inp + off);
-                    ln3_copy16(slot + (2 * P + p) * team_threads, dinp + off);
-                }
-            }
-            float2* st = my_stats + (k % STAGES) * team_threads + t;
-            ln3_copy4(&st->x, mean + row);
-            ln3_copy4(&st->y, rstd + row);
-        }
-        ln3_copy_commit();
-    };
-#pragma unroll
-    for (int k = 0; k < STAGES - 1; k++) issue(k);
-#pragma unroll 1
-    for (int k = 0; k < team_rows; k++) {
-        // the stage refilled here held row k - 1, which this thread has finished with
-        issue(k + STAGES - 1);
-        ln3_copy_wait<STAGES - 1>();  // row k has landed (this thread's part of it)
-        const x128* slot = my_rows + (size_t)(k % STAGES) * 3 * P * team_threads + t;
-        const float2* st = my_stats + (k % STAGES) * team_threads + t;
-        float g_sum = 0.0f, gx_sum = 0.0f;
-        float gk[KEEP ? X128 : 1], xk[KEEP ? X128 : 1];
-        if (active) {
-            const float2 ms = *st;
-#pragma unroll
-            for (int p = 0; p < P; p++) {
-                if (c0 + p * stride < C) {
-                    const x128 pd = slot[p * team_threads], px = slot[(P + p) * team_threads];
-#pragma unroll
-                    for (int j = 0; j < X128; j++) {
-                        const float d = to_float(pd.v[j]);
-                        const float xhat = (to_float(px.v[j]) - ms.x) * ms.y;
-                        const float g = d * w(p, j);
-                        g_sum += g;
-                        gx_sum += g * xhat;
-                        dw[p][j] += d * xhat;
-                        db[p][j] += d;
-                        if (KEEP) {
-                            gk[KEEP ? j : 0] = g;
-                            xk[KEEP ? j : 0] = xhat;
-                        }
-                    }
-                }
-            }
-        } else if (KEEP) {
-#pragma unroll
-            for (int j = 0; j < X128; j++) gk[KEEP ? j : 0] = xk[KEEP ? j : 0] = 0.0f;
-        }
-        // the team's two sums, in a fixed order. Within a warp: one exchange across the half-warps
-        // leaves lanes 0-15 with partial g sums and lanes 16-31 with partial g * xhat sums, four
-        // more shuffle steps give lane 0 the warp's g sum and lane 16 its g * xhat sum. Across the
-        // team's warps (at most 16): through shared memory behind the team's barrier (two buffers:
-        // a warp can be one row ahead of another, never two), lane i < 16 of every warp reading
-        // warp i's g sum and lane 16 + i its g * xhat sum, then the same four shuffle steps.
-        const bool upper = lane >= 16;
-        float v = upper ? gx_sum : g_sum;
-        v += __shfl_xor_sync(0xFFFFFFFFu, upper ? g_sum : gx_sum, 16);
-#pragma unroll
-        for (int offset = 8; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xFFFFFFFFu, v, offset);
-        float gs = v, gxs = v;
-        if (team_warps > 1) {
-            float2* red = my_red + (k & 1) * (LN3_MAX_TEAM / 32);
-            if (lane == 0) red[team_warp].x = v;
-            if (lane == 16) red[team_warp].y = v;
-            ln3_team_barrier(1 + team, team_threads);
-            const int i = lane % 16;
-            float r = 0.0f;
-            if (i < team_warps) r = upper ? red[i].y : red[i].x;
-#pragma unroll
-            for (int offset = 8; offset > 0; offset >>= 1) r += __shfl_xor_sync(0xFFFFFFFFu, r, offset);
-            gs = r;
-            gxs = r;
-        }
-        gs = __shfl_sync(0xFFFFFFFFu, gs, 0);
-        gxs = __shfl_sync(0xFFFFFFFFu, gxs, 16);
-        if (active) {
-            // dx = rstd * (g - mean(g) - xhat * mean(g * xhat)) = rstd * g + (shift + xhat * scale)
-            const float2 ms = *st;
-            const float shift = -ms.y * gs * inv_C, scale = -ms.y * gxs * inv_C;
-            const int row = row_begin + team + k * teams;
-#pragma unroll
-            for (int p = 0; p < P; p++) {
-                const int c = c0 + p * stride;
-                if (c < C) {
-                    const x128 pg = slot[(2 * P + p) * team_threads];
-                    x128 pd, px;
-                    if (!KEEP) {
-                        pd = slot[p * team_threads];
-                        px = slot[(P + p) * team_threads];
-                    }
-                    x128 o;
-#pragma unroll
-                    for (int j = 0; j < X128; j++) {
-                        const float g = KEEP ? gk[KEEP ? j : 0] : to_float(pd.v[j]) * w(p, j);
-                        const float xhat = KEEP ? xk[KEEP ? j : 0] : (to_float(px.v[j]) - ms.x) * ms.y;
-                        const float dx = fmaf(ms.y, g, fmaf(xhat, scale, shift));
-                        o.v[j] = from_float<floatX>(to_float(pg.v[j]) + dx);
-                    }
-                    store128(dinp + (size_t)row * C + c, o);
-                }
-            }
-        }
-    }
-    ln3_copy_wait<0>();
-    __syncthreads();  // every team is done with its stages: they become the 2C accumulator
-    float* acc = reinterpret_cast<float*>(smem);
-    for (int turn = 0; turn < teams; turn++) {  // team 0 writes, then 1, 2, ... add, in that order
-        if (team == turn) {
-#pragma unroll
-            for (int p = 0; p < P; p++) {
-                const int c = c0 + p * stride;
-                if (c < C) {
-#pragma unroll
-                    for (int j = 0; j < X128; j++) {
-                        acc[c + j] = (turn == 0 ? 0.0f : acc[c + j]) + dw[p][j];
-                        acc[C + c + j] = (turn == 0 ? 0.0f : acc[C + c + j]) + db[p][j];
-                    }
-                }
-            }
-        }
-        __syncthreads();
-    }
-    float* partial = scratch + (size_t)blockIdx.x * 2 * C;
-    for (int j = threadIdx.x; j < 2 * C; j += blockDim.x) partial[j] = acc[j];
-}
+// a candidate that stays here: a wider partials kernel for the v4 backward
 
 // dweight[c] += sum_b partial[b][c], dbias[c] += sum_b partial[b][C + c], b in index order. A block
 // of 1024 threads takes 8 columns: thread (x, y) = (tid % 8, tid / 8) sums b = y, y + 128, ... of
@@ -432,7 +83,7 @@ __global__ void __launch_bounds__(ln4_max_threads(KEEP, P), ln4_min_blocks(P)) l
 // rather than latency bound in a few of them.
 #define LN4_FIN_COLS 8
 #define LN4_FIN_LANES 128
-__global__ void __launch_bounds__(LN4_FIN_COLS* LN4_FIN_LANES) layernorm_backward_finish_v4_kernel(
+__global__ void __launch_bounds__(LN4_FIN_COLS* LN4_FIN_LANES) layernorm_backward_finish_wide_kernel(
     floatX* dweight, floatX* dbias, const float* scratch, int parts, int C) {
     __shared__ float tile[LN4_FIN_LANES][LN4_FIN_COLS];
     const int x = threadIdx.x % LN4_FIN_COLS, y = threadIdx.x / LN4_FIN_COLS;
@@ -453,75 +104,13 @@ __global__ void __launch_bounds__(LN4_FIN_COLS* LN4_FIN_LANES) layernorm_backwar
     }
 }
 
-// One launch configuration of the v3 backward.
-struct Ln4Config {
-    int teams, stages, packets;
-    bool keep;
-};
 
-static bool ln4_config_ok(int C, const Ln4Config& k) {
-    if (!layernorm_v3_backward_supported(C) || k.teams < 1 || k.teams > LN3_MAX_TEAMS) return false;
-    if (k.stages < 2 || k.stages > 4 || (k.packets != 1 && k.packets != 3) || (k.keep && k.packets != 1)) return false;
-    const int threads = k.teams * ln4_team_threads(C, k.packets);
-    const size_t smem = ln4_smem_bytes(k.teams, ln4_team_threads(C, k.packets), k.stages, k.packets);
-    return threads <= ln4_max_threads(k.keep, k.packets) && smem <= 200 * 1024;
-}
-
-// calls fn(kernel) with the kernel instance of configuration k (checked first)
-template <typename Fn>
-static void ln4_with_kernel(int C, const Ln4Config& k, Fn fn) {
-    if (!ln4_config_ok(C, k)) {
-        fprintf(stderr, "layernorm_backward_v4: C=%d with %d teams, %d stages, %d packets%s not supported\n", C,
-                k.teams, k.stages, k.packets, k.keep ? ", keep" : "");
-        exit(1);
-    }
-    if (k.packets == 3) {
-        if (k.stages == 2) fn(layernorm_backward_v4_kernel<2, false, 3>);
-        else if (k.stages == 3) fn(layernorm_backward_v4_kernel<3, false, 3>);
-        else fn(layernorm_backward_v4_kernel<4, false, 3>);
-    } else if (k.keep) {
-        if (k.stages == 2) fn(layernorm_backward_v4_kernel<2, true, 1>);
-        else if (k.stages == 3) fn(layernorm_backward_v4_kernel<3, true, 1>);
-        else fn(layernorm_backward_v4_kernel<4, true, 1>);
-    } else {
-        if (k.stages == 2) fn(layernorm_backward_v4_kernel<2, false, 1>);
-        else if (k.stages == 3) fn(layernorm_backward_v4_kernel<3, false, 1>);
-        else fn(layernorm_backward_v4_kernel<4, false, 1>);
-    }
-}
-
-// Grid of the v3 backward: the blocks that fit on the device at once (one wave), at most one per
-// `teams` rows. Also sets the kernel's dynamic shared-memory limit (above 48 KB needs it).
-static int layernorm_backward_v4_grid(int N, int C, const Ln4Config& k) {
-    const int team_threads = ln4_team_threads(C, k.packets);
-    const size_t smem = ln4_smem_bytes(k.teams, team_threads, k.stages, k.packets);
-    int wave = 0;
-    ln4_with_kernel(C, k, [&](auto kernel) {
-        cudaCheck(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-        wave = ln4_one_wave_blocks(kernel, k.teams * team_threads, smem);
-    });
-    const int most = ceil_div(N, k.teams);
-    return wave < most ? wave : most;
-}
-
-static size_t layernorm_backward_v4_scratch_floats(int N, int C, const Ln4Config& k) {
-    return (size_t)layernorm_backward_v4_grid(N, C, k) * 2 * C;
-}
-
-// k: the launch configuration; scratch holds
-// layernorm_backward_v4_scratch_floats(N, C, k) floats.
-static void layernorm_backward_v4(floatX* dinp, floatX* dweight, floatX* dbias, float* scratch, const floatX* dout,
-                                  const floatX* inp, const floatX* weight, const float* mean, const float* rstd, int N,
-                                  int C, cudaStream_t stream, const Ln4Config& k) {
-    const int grid = layernorm_backward_v4_grid(N, C, k);  // checks the configuration
-    const int team_threads = ln4_team_threads(C, k.packets);
-    const size_t smem = ln4_smem_bytes(k.teams, team_threads, k.stages, k.packets);
-    ln4_with_kernel(C, k, [&](auto kernel) {
-        kernel<<<grid, k.teams * team_threads, smem, stream>>>(dinp, scratch, dout, inp, weight, mean, rstd, N, C,
-                                                               k.teams);
-    });
-    cudaCheckLast();
-    layernorm_backward_finish_v4_kernel<<<ceil_div(2 * C, LN4_FIN_COLS), LN4_FIN_COLS * LN4_FIN_LANES, 0, stream>>>(
+// the v4 backward with the wide partials kernel above instead of v3's
+static void layernorm_backward_v4_wide(floatX* dinp, floatX* dweight, floatX* dbias, float* scratch,
+                                       const floatX* dout, const floatX* inp, const floatX* weight, const float* mean,
+                                       const float* rstd, int N, int C, cudaStream_t stream, const Ln4Config& k) {
+    const int grid = layernorm_backward_v4_partials(dinp, scratch, dout, inp, weight, mean, rstd, N, C, stream, k);
+    layernorm_backward_finish_wide_kernel<<<ceil_div(2 * C, LN4_FIN_COLS), LN4_FIN_COLS * LN4_FIN_LANES, 0, stream>>>(
         dweight, dbias, scratch, grid, C);
     cudaCheckLast();
 }
@@ -529,15 +118,14 @@ static void layernorm_backward_v4(floatX* dinp, floatX* dweight, floatX* dbias, 
 // ==============================================================================================
 // versions
 
-// forward: v1, v2, v3 with 1, 2 or 4 rows per warp, v4 (candidate)
+// forward: v1, v2, v3 with 1, 2 or 4 rows per warp
 struct FwdVersion {
     int version, rows;
 };
-static const FwdVersion FWD_VERSIONS[] = {{1, 0}, {2, 0}, {3, 1}, {3, 2}, {3, 4}, {4, 0}};
+static const FwdVersion FWD_VERSIONS[] = {{1, 0}, {2, 0}, {3, 1}, {3, 2}, {3, 4}};
 
-static bool forward_applies(const FwdVersion& v, int C, bool candidates) {
+static bool forward_applies(const FwdVersion& v, int C) {
     if (v.version == 1) return true;
-    if (v.version == 4) return candidates && layernorm_forward_v4_supported(C);
     return layernorm_v2_supported(C);
 }
 static bool forward_is_engine(const FwdVersion& v, bool fused) {
@@ -546,7 +134,7 @@ static bool forward_is_engine(const FwdVersion& v, bool fused) {
 static std::string forward_name(const FwdVersion& v, bool fused) {
     if (forward_is_engine(v, fused)) return "v3 (engine)";
     if (v.version == 3) return "v3 (" + std::to_string(v.rows) + (v.rows == 1 ? " row" : " rows") + " per warp)";
-    return "v" + std::to_string(v.version) + (v.version == 4 ? " (candidate)" : "");
+    return "v" + std::to_string(v.version);
 }
 
 template <bool FUSED>
@@ -557,8 +145,6 @@ static void run_forward(const FwdVersion& v, floatX* residual, floatX* out, floa
         else layernorm_forward_v1(out, mean, rstd, a, w, bias, N, C, 0);
     } else if (v.version == 2) {
         layernorm_forward_v2<FUSED>(residual, out, mean, rstd, a, b, w, bias, N, C, 0);
-    } else if (v.version == 4) {
-        layernorm_forward_v4<FUSED>(residual, out, mean, rstd, a, b, w, bias, N, C, 0);
     } else if (v.rows == 1) {
         layernorm_forward_v3<FUSED, 1>(residual, out, mean, rstd, a, b, w, bias, N, C, 0);
     } else if (v.rows == 2) {
@@ -568,53 +154,73 @@ static void run_forward(const FwdVersion& v, floatX* residual, floatX* out, floa
     }
 }
 
-// backward: v1, v2; v3 with at most `threads` threads per block (whole teams) and `stages`; v4
-// (candidate) likewise with `packets` per thread and `keep` (g and xhat kept in registers)
+// backward: v1, v2; v3 with at most `threads` threads per block (whole teams) and `stages`; v4 with
+// `teams` per block, `stages`, `packets` per thread (packets 0: the engine's configuration for C)
+// and `wide` (the wide partials kernel). candidate: run only with --v4.
 struct BwdVersion {
-    int version, threads, stages, packets;
-    bool keep;
+    int version, threads, teams, stages, packets;
+    bool wide, candidate;
 };
 static const BwdVersion BWD_VERSIONS[] = {
-    {1, 0, 0, 0, false},   {2, 0, 0, 0, false},                                                  // v1, v2
-    {3, 512, 4, 1, false}, {3, 96, 4, 1, false},  {3, 384, 2, 1, false}, {3, 384, 4, 1, false},  // v3
-    {3, 384, 6, 1, false},                                                                       //
-    {4, 512, 4, 1, false}, {4, 384, 4, 1, false}, {4, 384, 4, 1, true},  {4, 384, 3, 1, true},   // v4
-    {4, 64, 2, 3, false},  {4, 128, 2, 3, false}, {4, 256, 2, 3, false}, {4, 128, 3, 3, false}};
+    {1, 0, 0, 0, 0, false, false},
+    {2, 0, 0, 0, 0, false, false},
+    {3, LN3_BWD_THREADS, 0, LN3_BWD_STAGES, 0, false, false},  // v3 as the engine ran it
+    {4, 0, 0, 0, 0, false, false},                             // v4 as the engine runs it
+    {3, 96, 0, 4, 0, false, true},
+    {3, 384, 0, 2, 0, false, true},
+    {3, 384, 0, 6, 0, false, true},
+    {4, 0, 2, 2, 3, true, true},  // the first v4 run's best: the engine's, with the wide partials kernel
+    {4, 0, 1, 2, 3, false, true},
+    {4, 0, 2, 3, 3, false, true},
+    {4, 0, 2, 2, 4, false, true},  // one warp with 4 packets per thread (C = 1024 bf16)
+    {4, 0, 4, 2, 3, false, true},
+    {4, 0, 5, 4, 1, false, true}};
 
-// the v4 launch configuration of a v4 entry (only for version 4: v1-v3 have no packets)
+// the v4 launch configuration of a v4 entry (only for version 4; packets 0: the engine's)
 static Ln4Config backward_config_v4(const BwdVersion& v, int C) {
-    const Ln4Config k = {ln4_teams(C, v.threads, v.packets), v.stages, v.packets, v.keep};
+    if (v.packets == 0) return ln4_engine_config(C);
+    const Ln4Config k = {v.teams, v.stages, v.packets};
     return k;
 }
 static bool backward_applies(const BwdVersion& v, int C, bool candidates) {
+    if (v.candidate && !candidates) return false;
     if (v.version == 1) return true;
     if (v.version == 2) return layernorm_v2_supported(C);
     if (v.version == 3) return layernorm_v3_backward_supported(C);
-    return candidates && ln4_config_ok(C, backward_config_v4(v, C));
+    if (v.packets == 0 && !layernorm_v4_backward_supported(C)) return false;
+    return ln4_config_ok(C, backward_config_v4(v, C));
 }
-static bool backward_is_engine(const BwdVersion& v, int C) {
-    return v.version == 3 && v.stages == LN3_BWD_STAGES && ln3_teams(C, v.threads) == ln3_teams(C, LN3_BWD_THREADS);
-}
-// (version, teams, stages, packets, keep): two entries with the same key run the same kernel
+// (version, teams, stages, packets, wide): two entries with the same key run the same kernels
 static std::vector<int> backward_key(const BwdVersion& v, int C) {
     if (v.version == 3) return {3, ln3_teams(C, v.threads), v.stages, 1, 0};
     if (v.version == 4) {
         const Ln4Config k = backward_config_v4(v, C);
-        return {4, k.teams, k.stages, k.packets, k.keep ? 1 : 0};
+        return {4, k.teams, k.stages, k.packets, v.wide ? 1 : 0};
     }
     return {v.version};
 }
+static bool backward_is_engine(const BwdVersion& v, int C) {
+    if (v.version == 3) {  // the engine's fallback where v4 does not apply
+        return !layernorm_v4_backward_supported(C) && v.stages == LN3_BWD_STAGES &&
+               ln3_teams(C, v.threads) == ln3_teams(C, LN3_BWD_THREADS);
+    }
+    if (v.version != 4 || !layernorm_v4_backward_supported(C)) return false;
+    const Ln4Config k = ln4_engine_config(C);
+    const std::vector<int> engine = {4, k.teams, k.stages, k.packets, 0};
+    return backward_key(v, C) == engine;
+}
 static std::string backward_name(const BwdVersion& v, int C) {
     if (v.version < 3) return "v" + std::to_string(v.version);
-    if (backward_is_engine(v, C)) return "v3 (engine)";
+    if (backward_is_engine(v, C)) return v.version == 3 ? "v3 (engine)" : "v4 (engine)";
     const std::vector<int> key = backward_key(v, C);
-    const int teams = key[1], team_threads = v.version == 3 ? ln3_team_threads(C) : ln4_team_threads(C, v.packets);
+    const int teams = key[1];
+    const int team_threads = v.version == 3 ? ln3_team_threads(C) : ln4_team_threads(C, key[3]);
     std::string name = "v" + std::to_string(v.version) + " (" + std::to_string(teams) +
                        (teams == 1 ? " team" : " teams") + " x " + std::to_string(team_threads) + " thr, ";
-    if (v.version == 4) name += std::to_string(v.packets) + " pkt, ";
+    if (v.version == 4) name += std::to_string(key[3]) + " pkt, ";
     name += std::to_string(v.stages) + " stages";
-    if (v.keep) name += ", keep";
-    return name + (v.version == 4 ? ", candidate)" : ")");
+    if (v.wide) name += ", wide partials kernel";
+    return name + ")";
 }
 static size_t backward_scratch_floats(const BwdVersion& v, int N, int C) {
     if (v.version == 1) return layernorm_backward_v1_scratch_floats(N, C);
@@ -631,6 +237,8 @@ static void run_backward(const BwdVersion& v, floatX* dinp, floatX* dw, floatX* 
     } else if (v.version == 3) {
         const int teams = ln3_teams(C, v.threads);
         layernorm_backward_v3(dinp, dw, db, scratch, dout, x, w, mean, rstd, N, C, 0, teams, v.stages);
+    } else if (v.wide) {
+        layernorm_backward_v4_wide(dinp, dw, db, scratch, dout, x, w, mean, rstd, N, C, 0, backward_config_v4(v, C));
     } else {
         layernorm_backward_v4(dinp, dw, db, scratch, dout, x, w, mean, rstd, N, C, 0, backward_config_v4(v, C));
     }
@@ -772,7 +380,7 @@ static void run_shape(int N, int C, double copy_gbs, uint32_t seed, bool candida
         const std::string kernel =
             std::string(fused ? "layernorm fused residual + forward " : "layernorm forward ") + shape;
         for (const FwdVersion& v : FWD_VERSIONS) {
-            if (!forward_applies(v, C, candidates)) continue;
+            if (!forward_applies(v, C)) continue;
             auto fwd = [&] {
                 if (fused) run_forward<true>(v, residual, out, mean, rstd, a, b, weight, bias_d, N, C);
                 else run_forward<false>(v, NULL, out, mean, rstd, a, NULL, weight, bias_d, N, C);
@@ -850,22 +458,32 @@ static void run_shape(int N, int C, double copy_gbs, uint32_t seed, bool candida
     });
     bench::check((kernel + " engine entry").c_str(), err, TOL);
     if (timed && layernorm_v3_backward_supported(C)) {
-        // how much of the engine's backward is its second (partials) kernel
-        const int grid = layernorm_backward_v3_grid(N, C, ln3_teams(C, LN3_BWD_THREADS), LN3_BWD_STAGES);
+        // how the engine's backward splits between its main kernel and its partials kernel, and
+        // what the wide partials kernel would take on the same partials
+        int grid = 0;
+        double main_ms = 0.0;
+        if (layernorm_v4_backward_supported(C)) {
+            const Ln4Config k = ln4_engine_config(C);
+            grid = layernorm_backward_v4_grid(N, C, k);
+            main_ms = bench::time_ms([&] {
+                layernorm_backward_v4_partials(dinp, scratch, ddout, a, weight, mean, rstd, N, C, 0, k);
+            });
+        } else {
+            grid = layernorm_backward_v3_grid(N, C, ln3_teams(C, LN3_BWD_THREADS), LN3_BWD_STAGES);
+        }
         const double ms = bench::time_ms([&] {
             layernorm_backward_finish_v3_kernel<<<ceil_div(2 * C, 32), dim3(32, 32)>>>(gw, gb, scratch, grid, C);
             cudaCheckLast();
         });
-        printf("info: engine backward: its partials kernel alone (%d partials of %d floats) takes %.1f us\n", grid,
-               2 * C, ms * 1e3);
-        if (candidates) {
-            const double ms4 = bench::time_ms([&] {
-                layernorm_backward_finish_v4_kernel<<<ceil_div(2 * C, LN4_FIN_COLS), LN4_FIN_COLS * LN4_FIN_LANES>>>(
-                    gw, gb, scratch, grid, C);
-                cudaCheckLast();
-            });
-            printf("info: v4's partials kernel on the same %d partials takes %.1f us\n", grid, ms4 * 1e3);
-        }
+        const double wide_ms = bench::time_ms([&] {
+            layernorm_backward_finish_wide_kernel<<<ceil_div(2 * C, LN4_FIN_COLS), LN4_FIN_COLS * LN4_FIN_LANES>>>(
+                gw, gb, scratch, grid, C);
+            cudaCheckLast();
+        });
+        if (main_ms > 0.0) printf("info: engine backward: its main kernel alone takes %.1f us\n", main_ms * 1e3);
+        printf("info: engine backward: its partials kernel alone (%d partials of %d floats) takes %.1f us; the wide "
+               "partials kernel on them %.1f us\n",
+               grid, 2 * C, ms * 1e3, wide_ms * 1e3);
     }
 
     for (floatX* p : {a, b, weight, bias_d, ddout, dinp, gw, gb, out, residual}) cudaCheck(cudaFree(p));
@@ -902,10 +520,12 @@ int main(int argc, char** argv) {
 
     uint32_t seed = 1;
     if (sweep) {
-        // odd N everywhere; GPT-2 widths; v3's largest team (4096 bf16); partial packet groups (776,
-        // 8); C = 99: no 16-byte packets, v1 only (the engine's fallback)
-        const int shapes[][2] = {{1003, 768}, {517, 1024}, {301, 1280}, {257, 1600}, {129, 2048}, {33, 4096},
-                                 {77, 776},   {65, 8},     {1, 768},    {31, 99}};
+        // odd N everywhere; GPT-2 widths; v3's largest team (4096 bf16); v4's configurations (384,
+        // 512: 2 packets per thread in bf16, 3 and the wider rows' one in fp32); partial packet
+        // groups (776, 8); C = 99: no 16-byte packets, v1 only (the engine's fallback)
+        const int shapes[][2] = {{1003, 768}, {517, 1024}, {301, 1280}, {257, 1600}, {129, 2048},
+                                 {33, 4096},  {45, 384},   {23, 512},   {77, 776},   {65, 8},
+                                 {1, 768},    {31, 99}};
         for (const auto& s : shapes) run_shape(s[0], s[1], 0.0, seed++, candidates);
     }
     const double copy_gbs = bench::copy_bandwidth_gbs();
