@@ -112,9 +112,8 @@ set(LLMC_HAVE_CUDA ON)
 # ==== BEGIN LLMC_CUDNN: cuDNN attention (optional) ============================================
 # -DLLMC_CUDNN=ON (default OFF) runs the bf16 engine's attention through cuDNN's fused SDPA
 # (llmc/cudnn_attention.h, csrc/cudnn_attention.cpp) instead of llmc/attention.cuh, in
-# train_gpt2cu, test_gpt2cu, profile_gpt2cu and dev_cuda_attention (which then also checks and times
-# cuDNN); the Python module _llmc_cuda only with LLMC_CUDNN_PYTHON (below). The _fp32 twins never
-# use it.
+# train_gpt2cu, test_gpt2cu, profile_gpt2cu, the Python module _llmc_cuda and dev_cuda_attention
+# (which then also checks and times cuDNN). The _fp32 twins never use it.
 # Needs cuDNN 9 (cudnn.h + libcudnn.so[.9]) and the header-only cudnn-frontend (cudnn_frontend.h),
 # looked up in this order:
 #   cuDNN     CUDNN_INCLUDE_DIR / CUDNN_LIBRARY if given, the system paths
@@ -126,10 +125,6 @@ set(LLMC_HAVE_CUDA ON)
 # so a deferred call (run at the end of the top-level CMakeLists.txt) adds -DLLMC_CUDNN and the
 # cuDNN library to those of them that exist in this configuration (a pip build has no dev_cuda).
 option(LLMC_CUDNN "Run the bf16 CUDA engine's attention through cuDNN (needs cuDNN 9 + cudnn-frontend)" OFF)
-# The Python module with cuDNN crashes (SIGSEGV inside cudnn-frontend's check_support, in the
-# module only; the programs pass every check): until that is understood the module keeps llmc's
-# own attention, and -DLLMC_CUDNN_PYTHON=ON builds it with cuDNN for debugging.
-option(LLMC_CUDNN_PYTHON "Also use cuDNN attention in the Python module (crashes today; debugging only)" OFF)
 if(LLMC_CUDNN)
   if(NOT Python_EXECUTABLE)
     find_package(Python 3 QUIET COMPONENTS Interpreter)
@@ -215,9 +210,6 @@ if(LLMC_CUDNN)
       if(NOT TARGET ${target})
         continue()
       endif()
-      if(target MATCHES "^(_llmc_cuda|llmc_cuda_engine)$" AND NOT LLMC_CUDNN_PYTHON)
-        continue()
-      endif()
       if(target STREQUAL "_llmc_cuda")  # gets the engine's definitions and cuDNN through llmc_cuda_engine
         set_property(TARGET ${target} APPEND PROPERTY INSTALL_RPATH "${_llmc_cudnn_libdir}" "${_llmc_nvrtc_libdir}")
       elseif(target STREQUAL "llmc_cuda_engine")  # static library: no rpath of its own
@@ -273,6 +265,15 @@ if(LLMC_BUILD_PYTHON)
   pybind11_add_module(_llmc_cuda csrc/bind_cuda.cpp)
   target_compile_options(_llmc_cuda PRIVATE -O3)
   target_link_libraries(_llmc_cuda PRIVATE llmc_cuda_engine)
+  # The module must use the shared libstdc++ that cuBLAS and cuDNN load: with some toolchains (the
+  # H200 machine's g++ 13) a static copy got linked in as well, and two copies in one process crash
+  # at the first std::ostream use that mixes them (cudnn-frontend's, inside a SIGSEGV). Naming the
+  # shared library by its path, first, leaves nothing for a static copy to provide.
+  execute_process(COMMAND ${CMAKE_CXX_COMPILER} -print-file-name=libstdc++.so.6
+                  OUTPUT_VARIABLE _llmc_libstdcxx OUTPUT_STRIP_TRAILING_WHITESPACE ERROR_QUIET)
+  if(IS_ABSOLUTE "${_llmc_libstdcxx}" AND EXISTS "${_llmc_libstdcxx}")
+    target_link_options(_llmc_cuda PRIVATE "SHELL:-Wl,--push-state,--no-as-needed ${_llmc_libstdcxx} -Wl,--pop-state")
+  endif()
   if(_llmc_cublas_rpath)
     set_target_properties(_llmc_cuda PROPERTIES BUILD_RPATH "${_llmc_cublas_rpath}"
                           INSTALL_RPATH "${_llmc_cublas_rpath}")
