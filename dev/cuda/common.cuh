@@ -86,6 +86,30 @@ static std::vector<T> to_host(const T* d, size_t n) {
     return h;
 }
 
+// the rows of an (N, width) matrix a check compares: all of them when samples >= N, else the first
+// and last 16 and random ones (for shapes whose full CPU reference would be too slow)
+static std::vector<int> rows_to_check(int N, int samples, Rng* rng) {
+    std::vector<int> rows;
+    if (samples >= N) {
+        for (int n = 0; n < N; n++) rows.push_back(n);
+        return rows;
+    }
+    for (int n = 0; n < 16; n++) rows.push_back(n);
+    for (int n = N - 16; n < N; n++) rows.push_back(n);
+    while ((int)rows.size() < samples) rows.push_back((int)rng_below(rng, (uint64_t)N));
+    return rows;
+}
+
+// those rows of a device (N, width) matrix, one after another on the host
+template <typename T>
+static std::vector<T> copy_rows(const T* d, int width, const std::vector<int>& rows) {
+    std::vector<T> h(rows.size() * (size_t)width);
+    for (size_t r = 0; r < rows.size(); r++) {
+        cudaCheck(cudaMemcpy(&h[r * width], d + (size_t)rows[r] * width, width * sizeof(T), cudaMemcpyDeviceToHost));
+    }
+    return h;
+}
+
 // fills n elements with 0xFF bytes: NaN for fp32 and bf16, so an element a kernel forgot to write
 // fails the check
 template <typename T>

@@ -224,27 +224,6 @@ static void fill(const Buffers& b, int N, int V, int Vp, uint32_t seed) {
     cudaCheckLast();
 }
 
-// the rows a check compares: all of them, or the first and last 16 and random ones
-static std::vector<int> rows_to_check(int N, int samples, Rng* rng) {
-    std::vector<int> rows;
-    if (samples >= N) {
-        for (int n = 0; n < N; n++) rows.push_back(n);
-        return rows;
-    }
-    for (int n = 0; n < 16; n++) rows.push_back(n);
-    for (int n = N - 16; n < N; n++) rows.push_back(n);
-    while ((int)rows.size() < samples) rows.push_back((int)rng_below(rng, (uint64_t)N));
-    return rows;
-}
-
-static std::vector<floatX> copy_rows(const floatX* d, int Vp, const std::vector<int>& rows) {
-    std::vector<floatX> h(rows.size() * (size_t)Vp);
-    for (size_t r = 0; r < rows.size(); r++) {
-        cudaCheck(cudaMemcpy(&h[r * Vp], d + (size_t)rows[r] * Vp, Vp * sizeof(floatX), cudaMemcpyDeviceToHost));
-    }
-    return h;
-}
-
 struct Shape {
     int N, V, Vp, samples;
 };
@@ -261,18 +240,18 @@ static Checked check_version(int version, const Buffers& b, const Shape& sh, uin
     std::vector<int> targets(N);
     for (int n = 0; n < N; n++) targets[n] = (int)rng_below(&rng, (uint64_t)V);
     bench::copy_to_device(b.targets, targets);
-    const std::vector<int> rows = rows_to_check(N, sh.samples, &rng);
+    const std::vector<int> rows = bench::rows_to_check(N, sh.samples, &rng);
     std::vector<floatX> x, got[2];
     std::vector<float> losses[2];
     for (int run = 0; run < 2; run++) {
         fill(b, N, V, Vp, seed);  // again for the second run: the engine overwrote the logits
-        if (run == 0) x = copy_rows(b.logits, Vp, rows);
+        if (run == 0) x = bench::copy_rows(b.logits, Vp, rows);
         bench::poison(b.probs, count);
         bench::poison(b.dlogits, count);
         bench::poison(b.losses, N);
         crossentropy_run(version, b, N, V, Vp);
         cudaCheck(cudaDeviceSynchronize());
-        got[run] = copy_rows(grad_of(version, b), Vp, rows);
+        got[run] = bench::copy_rows(grad_of(version, b), Vp, rows);
         losses[run] = bench::to_host(b.losses, N);
     }
     Checked c = {0.0, 0.0};

@@ -334,27 +334,6 @@ static void fill(floatX* x, int N, int V, int Vp, uint32_t seed) {
     cudaCheckLast();
 }
 
-// the rows a check compares: all of them, or the first and last 16 and random ones
-static std::vector<int> rows_to_check(int N, int samples, Rng* rng) {
-    std::vector<int> rows;
-    if (samples >= N) {
-        for (int n = 0; n < N; n++) rows.push_back(n);
-        return rows;
-    }
-    for (int n = 0; n < 16; n++) rows.push_back(n);
-    for (int n = N - 16; n < N; n++) rows.push_back(n);
-    while ((int)rows.size() < samples) rows.push_back((int)rng_below(rng, (uint64_t)N));
-    return rows;
-}
-
-static std::vector<floatX> copy_rows(const floatX* d, int Vp, const std::vector<int>& rows) {
-    std::vector<floatX> h(rows.size() * (size_t)Vp);
-    for (size_t r = 0; r < rows.size(); r++) {
-        cudaCheck(cudaMemcpy(&h[r * Vp], d + (size_t)rows[r] * Vp, Vp * sizeof(floatX), cudaMemcpyDeviceToHost));
-    }
-    return h;
-}
-
 struct Shape {
     const char* name;
     int N, V, Vp, samples;
@@ -366,16 +345,16 @@ static double check_version(int version, floatX* in, floatX* out, const Shape& s
     const int N = sh.N, V = sh.V, Vp = sh.Vp;
     Rng rng;
     rng_init(&rng, seed);
-    const std::vector<int> rows = rows_to_check(N, sh.samples, &rng);
+    const std::vector<int> rows = bench::rows_to_check(N, sh.samples, &rng);
     fill(in, N, V, Vp, seed);
     std::vector<floatX> got[2];
     for (int run = 0; run < 2; run++) {
         bench::poison(out, (size_t)N * Vp);
         softmax_run(version, out, in, N, V, Vp);
         cudaCheck(cudaDeviceSynchronize());
-        got[run] = copy_rows(out, Vp, rows);
+        got[run] = bench::copy_rows(out, Vp, rows);
     }
-    const std::vector<floatX> x = copy_rows(in, Vp, rows);
+    const std::vector<floatX> x = bench::copy_rows(in, Vp, rows);
     double err = 0.0;
     if (!bench::same_bits(got[0], got[1])) {
         printf("%s: two runs on the same input differ\n", VERSION_NAMES[version]);
