@@ -9,9 +9,11 @@ All of it is memory-bound: a few additions per value moved. The kernels move V c
 per access, V = X128 (16 bytes: 8 bf16 or 4 fp32) when C is a multiple of X128 and the pointers are
 16-byte aligned, else V = 1 (same kernels, one value at a time).
 
-Forward: one warp per (b,t) row. The warp reads the token id once, then each lane adds packets of
-the wte row and the wpe row and stores them; the row index is the warp's, so the only index math
-is one modulo per row (t = row % T), not a division per element.
+Forward (v3): one warp per (b,t) row. The warp reads the token id once, then each lane adds packets
+of the wte row and the wpe row and stores them; the row index is the warp's, so the only index
+math is one modulo per row (t = row % T), not a division per element. v4 (the engine's where it
+applies, next to it below) issues every load of a warp's row(s) before the first addition and
+stores out with st.global.cs.
 
 Why the backward needs help from the host: many positions can hold the same token, so a kernel that
 scatters dout rows into dwte needs atomics, whose summation order (and so the rounded result)
@@ -82,7 +84,7 @@ static inline bool encoder_can_vectorize(int C, const void* a, const void* b, co
 
 // ---- forward ------------------------------------------------------------------------------------
 
-// one warp per (b,t) row
+// v3: one warp per (b,t) row
 template <int V>
 __global__ void encoder_forward_kernel(floatX* __restrict__ out, const int* __restrict__ inp,
                                        const floatX* __restrict__ wte, const floatX* __restrict__ wpe, int BT,
@@ -101,8 +103,8 @@ __global__ void encoder_forward_kernel(floatX* __restrict__ out, const int* __re
     }
 }
 
-static void encoder_forward(floatX* out, const int* inp, const floatX* wte, const floatX* wpe, int B, int T,
-                            int C, cudaStream_t stream) {
+static void encoder_forward_v3(floatX* out, const int* inp, const floatX* wte, const floatX* wpe, int B, int T,
+                               int C, cudaStream_t stream) {
     const int BT = B * T, block = 256, grid = ceil_div(BT, block / 32);
     if (encoder_can_vectorize(C, out, wte, wpe)) {
         encoder_forward_kernel<X128><<<grid, block, 0, stream>>>(out, inp, wte, wpe, BT, T, C);
@@ -110,6 +112,146 @@ static void encoder_forward(floatX* out, const int* inp, const floatX* wte, cons
         encoder_forward_kernel<1><<<grid, block, 0, stream>>>(out, inp, wte, wpe, BT, T, C);
     }
     cudaCheckLast();
+}
+
+// v4: a warp takes ROWS consecutive rows and issues every load of them before the first addition.
+// What it changes from v3 and why: v3's loop over a row's packets is not unrolled (C is a runtime
+// value), so a warp has one packet of wte and one of wpe per lane in flight (1 KB), behind a first
+// load of the token id; here lanes 0..ROWS-1 read the ROWS token ids at once and every lane then
+// has ROWS * VPL packets of each table in flight (VPL = packets per lane, a template: 3 at C = 768
+// bf16). STREAM stores out with st.global.cs (evict first), which leaves more of L2 to the wte rows
+// of frequent tokens (out, 100 MB, does not fit in L2 anyway). KEEP reads wte and wpe with an L2
+// evict_last policy; the block size is the launcher's. Measured (dev/cuda/encoder.cu, B = 64,
+// T = 1024, C = 768, Zipf tokens, 2026-11-24, three runs, the last two sharing the host with a
+// compile): one row per warp, 8 warps per block 75.6% / 72.8% / 73.5%, with cs stores 78.6% /
+// 75.9% / 75.4%; cs stores with 4 warps 77.0% / 76.4%, 2 warps 76.6% / 75.8%; with evict_last
+// loads too, 2 warps 77.6% / 77.0%, 8 warps 77.3% / 70.9%; v3 75.7% / 73.2% / 71.1%. More rows per
+// warp cost warps per SM and were slower (2 rows 67.8-71.9%; 4 rows 49.9-52.4%: 185 registers),
+// and so was a register cap for 64 warps per SM (32 registers: 30.0-42.9%). The engine: one row,
+// 4 warps per block, cs stores. Not evict_last: it gained about a point, within the runs' spread,
+// and leaves the wte rows it touched (up to 77 MB) at the top of L2's keep order for the kernels
+// that follow. None reaches the 85%-of-copy target. A likely reason, not measured: on the count
+// of bytes used here (distinct wte rows, wpe, out) the kernel moves 127 MB in ~40 us, so what a
+// launch costs whatever its size (start, ramp-up, the last blocks) weighs more than in the larger
+// kernels (the layernorm forward moves 201 MB: 86.8%, its fused form 402 MB: 92%).
+#define ENCODER_V4_MAX_VPL 4  // packets per lane v4 handles (C <= 4 * 32 * X128, 1024 bf16), else v3
+
+__device__ static inline void encoder_store128cs(floatX* p, const x128& x) {
+    __stcs(reinterpret_cast<int4*>(p), *reinterpret_cast<const int4*>(&x));
+}
+// a 16-byte load with an L2 cache policy (from createpolicy)
+__device__ static inline x128 encoder_load128_policy(const floatX* p, uint64_t policy) {
+    int4 r;
+    asm("ld.global.nc.L2::cache_hint.v4.s32 {%0, %1, %2, %3}, [%4], %5;"
+        : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
+        : "l"(p), "l"(policy));
+    return *reinterpret_cast<const x128*>(&r);
+}
+
+template <int VPL, int ROWS, bool STREAM, bool KEEP>
+__global__ void __launch_bounds__(256) encoder_forward_v4_kernel(floatX* __restrict__ out, const int* __restrict__ inp,
+                                                                  const floatX* __restrict__ wte,
+                                                                  const floatX* __restrict__ wpe, int BT, int T,
+                                                                  int C) {
+    static_assert(ROWS >= 1 && ROWS <= 32, "one token id per lane");
+    const int lane = threadIdx.x % 32;
+    const int row0 = (blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32) * ROWS;
+    if (row0 >= BT) return;  // uniform across the warp
+    uint64_t policy = 0;
+    if (KEEP) asm("createpolicy.fractional.L2::evict_last.b64 %0, 1.0;" : "=l"(policy));
+    const int my_token = lane < ROWS && row0 + lane < BT ? inp[row0 + lane] : 0;
+    const int t0 = row0 % T;
+    x128 a[ROWS][VPL], b[ROWS][VPL];
+#pragma unroll
+    for (int r = 0; r < ROWS; r++) {
+        const int token = __shfl_sync(0xFFFFFFFFu, my_token, r);
+        const int t = (t0 + r) % T;
+        if (row0 + r < BT) {
+            const floatX* w = wte + (size_t)token * C;
+            const floatX* p = wpe + (size_t)t * C;
+#pragma unroll
+            for (int i = 0; i < VPL; i++) {
+                const int c = (i * 32 + lane) * X128;
+                if (c < C) {
+                    a[r][i] = KEEP ? encoder_load128_policy(w + c, policy) : load128(w + c);
+                    b[r][i] = KEEP ? encoder_load128_policy(p + c, policy) : load128(p + c);
+                }
+            }
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < ROWS; r++) {
+        if (row0 + r >= BT) break;
+        floatX* o = out + (size_t)(row0 + r) * C;
+#pragma unroll
+        for (int i = 0; i < VPL; i++) {
+            const int c = (i * 32 + lane) * X128;
+            if (c < C) {
+                x128 s;
+#pragma unroll
+                for (int k = 0; k < X128; k++) {
+                    s.v[k] = from_float<floatX>(to_float(a[r][i].v[k]) + to_float(b[r][i].v[k]));
+                }
+                if (STREAM) encoder_store128cs(o + c, s);
+                else store128(o + c, s);
+            }
+        }
+    }
+}
+
+// v4 where it applies (16-byte accesses, C <= ENCODER_V4_MAX_VPL * 32 * X128), else v3; warps per
+// block 1..8
+template <int ROWS, bool STREAM, bool KEEP>
+static void encoder_forward_v4(floatX* out, const int* inp, const floatX* wte, const floatX* wpe, int B, int T,
+                               int C, cudaStream_t stream, int warps) {
+    const int vpl = ceil_div(C, 32 * X128);
+    if (!encoder_can_vectorize(C, out, wte, wpe) || vpl > ENCODER_V4_MAX_VPL) {
+        encoder_forward_v3(out, inp, wte, wpe, B, T, C, stream);
+        return;
+    }
+    if (warps < 1 || warps > 8) {
+        fprintf(stderr, "encoder_forward_v4: %d warps per block not supported\n", warps);
+        exit(1);
+    }
+    const int BT = B * T, grid = ceil_div(BT, warps * ROWS);
+    switch (vpl) {
+#define LLMC_ENCODER_V4_CASE(V)                                                                           \
+    case V:                                                                                               \
+        encoder_forward_v4_kernel<V, ROWS, STREAM, KEEP><<<grid, 32 * warps, 0, stream>>>(out, inp, wte, wpe, BT, \
+                                                                                          T, C);               \
+        break;
+        LLMC_ENCODER_V4_CASE(1)
+        LLMC_ENCODER_V4_CASE(2)
+        LLMC_ENCODER_V4_CASE(3)
+        LLMC_ENCODER_V4_CASE(4)
+#undef LLMC_ENCODER_V4_CASE
+    }
+    cudaCheckLast();
+}
+
+// The engine's forward: v4 with these launch options where it applies (else v3); ENCODER_FWD_ROWS
+// 0 runs v3 everywhere. Each can be set with -D at build time, to measure another one as the
+// engine's.
+#ifndef ENCODER_FWD_ROWS
+#define ENCODER_FWD_ROWS 1
+#endif
+#ifndef ENCODER_FWD_WARPS
+#define ENCODER_FWD_WARPS 4
+#endif
+#ifndef ENCODER_FWD_STREAM
+#define ENCODER_FWD_STREAM true
+#endif
+#ifndef ENCODER_FWD_KEEP
+#define ENCODER_FWD_KEEP false
+#endif
+static void encoder_forward(floatX* out, const int* inp, const floatX* wte, const floatX* wpe, int B, int T,
+                            int C, cudaStream_t stream) {
+    if (ENCODER_FWD_ROWS == 0) {
+        encoder_forward_v3(out, inp, wte, wpe, B, T, C, stream);
+    } else {
+        encoder_forward_v4<ENCODER_FWD_ROWS == 0 ? 1 : ENCODER_FWD_ROWS, ENCODER_FWD_STREAM, ENCODER_FWD_KEEP>(
+            out, inp, wte, wpe, B, T, C, stream, ENCODER_FWD_WARPS);
+    }
 }
 
 // ---- backward plan (host) -------------------------------------------------------------------

@@ -42,12 +42,36 @@ warp has its one 1.5 KB row in flight only while it loads.
 v3 (the engine's forward; its backward where v4 does not apply):
   forward: v2's warp-per-row arithmetic with the row kept packed (floatX) and converted where
     used: 48 instead of 63 registers at C = 768, 5 blocks per SM instead of 4: 83.0-84.9% in four
-    runs (57.4-58.6 us); C = 1024: 86.5%. A warp can also load ROWS rows with all their loads
-    issued first: 2 rows measured 81-82%, 4 rows 60% (121 registers); the engine uses
-    LN3_FWD_ROWS = 1. The fused form runs the same kernel: 90.0-91.8% (v2 91.4%); C = 1024 89.5%.
+    runs (57.4-58.6 us) with 8-warp blocks; C = 1024: 86.5%. A warp can also load ROWS rows with
+    all their loads issued first: 2 rows measured 81-82%, 4 rows 60% (121 registers); the engine
+    uses LN3_FWD_ROWS = 1. The fused form runs the same kernel: 90.0-91.8% (v2 91.4%); C = 1024
+    89.5%.
+    Launch options (the engine's: the LN3_FWD_* and LN3_FUSED_* defines below). A later
+    2026-11-24 run measured the block size and st.global.cs stores of out (evict first) in two
+    runs of dev/cuda/layernorm.cu, the second alone on the machine (the first shared its host with
+    a compile, which slows every launch; its numbers in parentheses):
+      plain  8 warps 84.5% (80.6%), 4 warps 84.6% (83.6%), 2 warps 83.3% (82.9%), 1 warp 84.4%
+             (80.9%); cs stores with 8 warps 84.8% (82.8%), 4 warps 86.8% (84.8%), 2 warps 86.2%
+             (83.3%). The engine: 4 warps per block with cs stores (56.6 us). A block's slot
+             frees only when its slowest row is done, so smaller blocks refill the SM sooner; the
+             evict-first stores leave L2 to the rows being read.
+      fused  8 warps 91.5% (90.6%), 4 warps 92.1% (90.9%), 2 warps 91.7% (91.1%), 1 warp 91.7%
+             (90.1%); cs stores 88.0-90.0%: slower (the residual is stored too and read back by
+             the next layer). The engine: 2 warps per block (107.0 us), no cs stores.
+    A register cap for more warps per SM (__launch_bounds__ with 6 or 8 blocks of 256 threads:
+    40 or 32 registers) was slower: plain 79.4-84.6% at 40 registers, 61-62% at 32; fused 63-68%, 44%.
     A v4 forward candidate (a one-wave grid of warps, each loading its next row into a second
     register buffer before computing the current one) measured 76.5% (fused 84.4%) and was
-    dropped: its two buffers cost more warps per SM than the early loads gain.
+    dropped: its two buffers cost more warps per SM than the early loads gain. A v5 forward
+    candidate (2026-11-24, a later run: a one-wave grid of warps, each streaming its rows
+    round-robin through a ring of 2-4 shared-memory stages filled by cp.async, so 1-3 rows per
+    warp stay in flight during the arithmetic without costing registers; 58 registers) was slower
+    in every launch configuration and was dropped too: 8 warps per block with 2, 3, 4 stages
+    75.8%, 75.3%, 73.7%; 4 warps 74.7% (3 stages), 72.5% (4); 16 warps 79.0% (2), 75.7% (3); 2
+    blocks per SM 70.6%; st.global.cs stores of out 72.1-74.3%; fused 77.7-85.9% (v3 91.5% in the
+    same run). More stages were slower, so the bytes in flight were not what it lacked; like the
+    one-wave variants of other kernels here (AdamW), a fixed partition of the rows does worse on
+    this GPU than many short blocks that the hardware schedules as others finish.
   backward: a row is shared by a "team" of C / X128 threads (rounded up to whole warps; one 16-byte
     packet of the row per thread), so each thread keeps only X128 dweight and X128 dbias sums
     instead of v2's 2 * VPL * X128 (64 registers in all). A block holds as many teams as fit in
@@ -504,16 +528,40 @@ static void layernorm_backward_v2(floatX* dinp, floatX* dweight, floatX* dbias, 
 // v3: the forward with several rows in flight per warp; the backward with a team of threads per
 // row, cp.async prefetch into shared memory and a one-wave grid (the header comment says why)
 
-#define LN3_FWD_ROWS 1        // rows per warp of the engine's plain forward (2 measured no faster)
-#define LN3_FUSED_ROWS 1      // rows per warp of the engine's fused forward (one row is already 2 loads)
+// The engine's forward launch, plain and fused (the header comment has the measurements): rows per
+// warp, warps per block, st.global.cs stores of out. Each can be set with -D at build time, to
+// measure another launch as the engine's.
+#ifndef LN3_FWD_ROWS
+#define LN3_FWD_ROWS 1
+#endif
+#ifndef LN3_FWD_WARPS
+#define LN3_FWD_WARPS 4
+#endif
+#ifndef LN3_FWD_STREAM
+#define LN3_FWD_STREAM true
+#endif
+#ifndef LN3_FUSED_ROWS
+#define LN3_FUSED_ROWS 1  // one fused row is already two loads per packet
+#endif
+#ifndef LN3_FUSED_WARPS
+#define LN3_FUSED_WARPS 2
+#endif
+#ifndef LN3_FUSED_STREAM
+#define LN3_FUSED_STREAM false
+#endif
 #define LN3_BWD_THREADS 512   // threads per block of the engine's backward, at most (whole teams)
 #define LN3_BWD_STAGES 4      // rows a team holds in shared memory: the one computed + 3 in flight
 #define LN3_MAX_TEAM 512      // threads of one team at most, so C <= 512 * X128
 #define LN3_MAX_TEAMS 15      // named barriers 1..15 (0 is __syncthreads)
 
+__device__ static inline void ln3_store128cs(floatX* p, const x128& x) {
+    __stcs(reinterpret_cast<int4*>(p), *reinterpret_cast<const int4*>(&x));
+}
+
 // Rows row0 .. row0 + ROWS - 1 of one warp (row0 = global warp index * ROWS). FUSED: residual =
-// a + b is stored and normalized; else the input is a (b and residual unused).
-template <int VPL, int ROWS, bool FUSED>
+// a + b is stored and normalized; else the input is a (b and residual unused). STREAM stores out
+// with st.global.cs (evict first: out is not re-read while it could still be in L2).
+template <int VPL, int ROWS, bool FUSED, bool STREAM>
 __global__ void __launch_bounds__(256) layernorm_forward_v3_kernel(floatX* residual, floatX* out, float* mean,
                                                                      float* rstd, const floatX* a, const floatX* b,
                                                                      const floatX* weight, const floatX* bias, int N,
@@ -584,7 +632,8 @@ __global__ void __launch_bounds__(256) layernorm_forward_v3_kernel(floatX* resid
                     const float n = (to_float(pa[r][i].v[k]) - m) * s;
                     o.v[k] = from_float<floatX>(n * to_float(w.v[k]) + to_float(bb.v[k]));
                 }
-                store128(out + base + c, o);
+                if (STREAM) ln3_store128cs(out + base + c, o);
+                else store128(out + base + c, o);
             }
         }
         if (lane == 0) {
@@ -601,16 +650,20 @@ __host__ __device__ constexpr int ln3_forward_rows(int vpl, int rows) {
     return vpl > 4 ? 1 : (vpl * rows <= 12 ? rows : 12 / vpl);
 }
 
-template <bool FUSED, int ROWS>
+// warps: per block (1..8); STREAM: out stored with st.global.cs
+template <bool FUSED, int ROWS, bool STREAM>
 static void layernorm_forward_v3(floatX* residual, floatX* out, float* mean, float* rstd, const floatX* a,
                                  const floatX* b, const floatX* weight, const floatX* bias, int N, int C,
-                                 cudaStream_t stream) {
-    const int warps = 8;
+                                 cudaStream_t stream, int warps) {
+    if (warps < 1 || warps > 8) {
+        fprintf(stderr, "layernorm_forward_v3: %d warps per block not supported\n", warps);
+        exit(1);
+    }
     const dim3 block(32 * warps);
     switch (layernorm_vpl(C)) {
 #define LLMC_LN3_FWD_CASE(V)                                                                                \
     case V:                                                                                                 \
-        layernorm_forward_v3_kernel<V, ln3_forward_rows(V, ROWS), FUSED>                                    \
+        layernorm_forward_v3_kernel<V, ln3_forward_rows(V, ROWS), FUSED, STREAM>                            \
             <<<ceil_div(N, warps * ln3_forward_rows(V, ROWS)), block, 0, stream>>>(residual, out, mean, rstd, a, \
                                                                                   b, weight, bias, N, C);  \
         break;
@@ -1171,7 +1224,8 @@ static void layernorm_backward_v4(floatX* dinp, floatX* dweight, floatX* dbias, 
 static void layernorm_forward(floatX* out, float* mean, float* rstd, const floatX* inp, const floatX* weight,
                               const floatX* bias, int N, int C, cudaStream_t stream) {
     if (layernorm_v2_supported(C)) {
-        layernorm_forward_v3<false, LN3_FWD_ROWS>(NULL, out, mean, rstd, inp, NULL, weight, bias, N, C, stream);
+        layernorm_forward_v3<false, LN3_FWD_ROWS, LN3_FWD_STREAM>(NULL, out, mean, rstd, inp, NULL, weight, bias, N,
+                                                                  C, stream, LN3_FWD_WARPS);
     } else {
         layernorm_forward_v1(out, mean, rstd, inp, weight, bias, N, C, stream);
     }
@@ -1182,7 +1236,8 @@ static void fused_residual_layernorm_forward(floatX* residual, floatX* out, floa
                                              const floatX* b, const floatX* weight, const floatX* bias, int N, int C,
                                              cudaStream_t stream) {
     if (layernorm_v2_supported(C)) {
-        layernorm_forward_v3<true, LN3_FUSED_ROWS>(residual, out, mean, rstd, a, b, weight, bias, N, C, stream);
+        layernorm_forward_v3<true, LN3_FUSED_ROWS, LN3_FUSED_STREAM>(residual, out, mean, rstd, a, b, weight, bias,
+                                                                     N, C, stream, LN3_FUSED_WARPS);
     } else {
         fused_residual_layernorm_forward_v1(residual, out, mean, rstd, a, b, weight, bias, N, C, stream);
     }

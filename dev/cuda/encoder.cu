@@ -25,8 +25,22 @@ Versions, forward:
                have no integer divider: ~20 instructions each while the values fit in 32 bits).
   v2           one thread per 16-byte packet (8 bf16): 8x fewer and wider accesses, the index math
                once per packet. Needs C % 8 == 0 (bf16).
-  v3 (engine)  llmc/encoder.cuh: one warp per (b,t) row, so the token id is read once per row and
-               the only index math is one modulo per row.
+  v3           llmc/encoder.cuh (the engine's before 2026-11-24's later runs): one warp per (b,t)
+               row, so the token id is read once per row and the only index math is one modulo per
+               row. Its loop over the row's packets is not unrolled (C is a runtime value): one wte
+               and one wpe packet per lane in flight.
+  v4           llmc/encoder.cuh (the engine's, with the launch options its ENCODER_FWD_* defines
+               name; -D can set them to time another as the engine's): a warp takes 1 or 2
+               consecutive rows, their token ids read at once (one per lane), and issues every wte
+               and wpe load of them before the first addition (VPL packets per lane a template: 3
+               at C = 768 bf16). Launch options: warps per block; "cs stores" writes out with
+               st.global.cs (evict first); "L2 evict_last loads" reads wte and wpe with an L2
+               evict_last cache policy. Falls back to v3 where 16-byte accesses do not apply or
+               C > 4 * 32 * X128. The engine's: 1 row, 4 warps per block, cs stores (76-77%; v3
+               71-76% in the same runs; the numbers of every variant, and why not evict_last, are
+               in llmc/encoder.cuh). Dropped after those runs: 4 rows per warp (50-52%, 185
+               registers) and a register cap for 64 warps per SM (32 registers: 30-43%).
+  The engine entry point (encoder_forward) is also checked on every shape.
 Versions, backward (both deterministic: the host groups positions by token, encoder_backward_plan):
   v1           naive: dwpe one thread per (t, c) summing over b; dwte one block per distinct token,
                one thread per column, scalar loads over the token's positions (the engine's kernel
@@ -190,30 +204,80 @@ static std::string shape_name(const Shape& s) {
     return buf;
 }
 
-static const char* FORWARD_VERSIONS[] = {"v1", "v2", "v3 (engine)"};
+// version 0 is the engine's entry point, encoder_forward (checked, not timed: it runs one of the
+// others); v4 with `rows` per warp, `warps` per block, `stream` (st.global.cs stores) and `keep`
+// (L2 evict_last loads)
+struct FwdVersion {
+    int version, rows, warps;
+    bool stream, keep;
+};
+static const FwdVersion FORWARD_VERSIONS[] = {
+    {1, 0, 0, false, false}, {2, 0, 0, false, false}, {3, 0, 0, false, false}, {4, 1, 8, false, false},
+    {4, 1, 8, true, false},  {4, 2, 8, true, false},  {4, 1, 4, true, false},  {4, 1, 2, true, false},
+    {4, 1, 8, true, true},   {4, 1, 4, true, true},   {4, 1, 2, true, true}};
+static const FwdVersion FORWARD_ENTRY = {0, 0, 0, false, false};
 
-static void forward_call(int version, floatX* out, const int* inp, const floatX* wte, const floatX* wpe,
+static bool forward_is_engine(const FwdVersion& v) {
+    if (v.version == 3) return ENCODER_FWD_ROWS == 0;
+    return v.version == 4 && v.rows == ENCODER_FWD_ROWS && v.warps == ENCODER_FWD_WARPS &&
+           v.stream == ENCODER_FWD_STREAM && v.keep == ENCODER_FWD_KEEP;
+}
+static std::string forward_name(const FwdVersion& v) {
+    if (v.version == 0) return "engine entry";
+    std::string name = "v" + std::to_string(v.version);
+    if (v.version == 4) {
+        name += " (" + std::to_string(v.rows) + (v.rows == 1 ? " row" : " rows") + " per warp, " +
+                std::to_string(v.warps) + " warps per block";
+        if (v.stream) name += ", cs stores";
+        if (v.keep) name += ", L2 evict_last loads";
+        name += ")";
+    }
+    if (forward_is_engine(v)) name += " (engine)";
+    return name;
+}
+
+static void forward_call(const FwdVersion& v, floatX* out, const int* inp, const floatX* wte, const floatX* wpe,
                          const Shape& s) {
     const size_t total = (size_t)s.B * s.T * s.C;
-    if (version == 0) {
+    if (v.version == 1) {
         encoder_forward_v1_kernel<<<(unsigned)ceil_div_sz(total, 256), 256>>>(out, inp, wte, wpe, s.B, s.T, s.C);
         cudaCheckLast();
-    } else if (version == 1) {
+    } else if (v.version == 2) {
         encoder_forward_v2_kernel<<<(unsigned)ceil_div_sz(total / X128, 256), 256>>>(out, inp, wte, wpe, s.B, s.T,
                                                                                      s.C);
         cudaCheckLast();
+    } else if (v.version == 3) {
+        encoder_forward_v3(out, inp, wte, wpe, s.B, s.T, s.C, 0);
+    } else if (v.version == 4) {
+        // the instances the table above names
+        const int key = v.rows * 100 + (v.stream ? 10 : 0) + (v.keep ? 1 : 0);
+        switch (key) {
+#define LLMC_ENC_RUN_CASE(R, S, K)                                                                \
+    case R * 100 + S * 10 + K:                                                                    \
+        encoder_forward_v4<R, S == 1, K == 1>(out, inp, wte, wpe, s.B, s.T, s.C, 0, v.warps); \
+        break;
+            LLMC_ENC_RUN_CASE(1, 0, 0)
+            LLMC_ENC_RUN_CASE(1, 1, 0)
+            LLMC_ENC_RUN_CASE(2, 1, 0)
+            LLMC_ENC_RUN_CASE(1, 1, 1)
+#undef LLMC_ENC_RUN_CASE
+            default:
+                fprintf(stderr, "forward_call: no v4 instance with %d rows, cs stores %d, evict_last %d\n", v.rows,
+                        (int)v.stream, (int)v.keep);
+                exit(1);
+        }
     } else {
         encoder_forward(out, inp, wte, wpe, s.B, s.T, s.C, 0);
     }
 }
 
 // checks one version at one shape on fresh inputs; with copy_gbs > 0 also times it (on those inputs)
-static void forward_case(int version, const Shape& s, uint64_t seed, double copy_gbs) {
-    const char* name = FORWARD_VERSIONS[version];
+static void forward_case(const FwdVersion& v, const Shape& s, uint64_t seed, double copy_gbs) {
+    const std::string name = forward_name(v);
     const int BT = s.B * s.T;
     const size_t n_out = (size_t)BT * s.C;
-    if (version == 1 && s.C % X128 != 0) {
-        printf("forward %s %s: skipped (needs C %% %d == 0)\n", name, shape_name(s).c_str(), X128);
+    if (v.version == 2 && s.C % X128 != 0) {
+        printf("forward %s %s: skipped (needs C %% %d == 0)\n", name.c_str(), shape_name(s).c_str(), X128);
         return;
     }
     Rng rng;
@@ -232,13 +296,13 @@ static void forward_case(int version, const Shape& s, uint64_t seed, double copy
         for (int c = 0; c < s.C; c++) ref[(size_t)bt * s.C + c] = (double)to_float(w[c]) + (double)to_float(p[c]);
     }
     bench::poison(d_out, n_out);
-    forward_call(version, d_out, d_inp, d_wte, d_wpe, s);
+    forward_call(v, d_out, d_inp, d_wte, d_wpe, s);
     cudaCheck(cudaDeviceSynchronize());
     const double err = bench::rel_error(bench::to_host(d_out, n_out), ref);
 
     const std::string kernel = "encoder forward (" + shape_name(s) + ")";
-    if (copy_gbs > 0.0) {
-        const double ms = bench::time_ms([&] { forward_call(version, d_out, d_inp, d_wte, d_wpe, s); });
+    if (copy_gbs > 0.0 && v.version != 0) {
+        const double ms = bench::time_ms([&] { forward_call(v, d_out, d_inp, d_wte, d_wpe, s); });
         const double bytes =
             ((double)distinct_tokens(tokens) + s.T + BT) * s.C * sizeof(floatX) + 4.0 * BT;
         bench::report_memory(kernel, name, err, TOL, ms, bytes, copy_gbs);
@@ -389,12 +453,16 @@ int main(int argc, char** argv) {
     // odd shapes: C = 100 is not a multiple of X128 (the kernels' one-value path), C = 72 leaves
     // lanes idle, frequent tokens at C = 100 and 72 take the hot kernel with odd slices, one token
     // everywhere is the most skewed case; the full shape is checked and timed
-    const Shape odd[] = {{3, 37, 100}, {2, 64, 72}};
+    // (forward v4: C = 776 in bf16 is 97 packets, 4 per lane with one lane busy in the last, B*T = 37 and
+    // 35 are no multiple of its rows per warp; T = 7 wraps t within a warp's 4 rows)
+    const Shape odd[] = {{3, 37, 100}, {2, 64, 72}, {1, 37, 776}, {5, 7, 384}};
     uint64_t seed = 1;
-    for (int v = 0; v < 3; v++) {
+    for (const FwdVersion& v : FORWARD_VERSIONS) {
         for (const Shape& s : odd) forward_case(v, s, seed++, 0.0);
         forward_case(v, full, seed++, copy_gbs);
     }
+    for (const Shape& s : odd) forward_case(FORWARD_ENTRY, s, seed++, 0.0);
+    forward_case(FORWARD_ENTRY, full, seed++, 0.0);
 
     struct {
         Shape s;

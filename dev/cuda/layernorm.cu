@@ -32,7 +32,8 @@ prints the engine and the older versions; --v4 adds the candidates.
       C = 768: one block per SM), reduces the block's warps through shared memory in a fixed order,
       then one small kernel adds the per-block partials in block order.
   v3  forward (the engine's): v2's arithmetic with 1, 2 or 4 rows per warp, all their loads issued
-      first, kept packed (48 registers at 1 row: 5 blocks per SM instead of v2's 4; 4 rows: 121).
+      first, kept packed (48 registers at 1 row: 5 blocks per SM instead of v2's 4; 4 rows: 121);
+      launch options below.
       Backward (the engine's for C > 1024 bf16): a team of C/8 threads per row (one 16-byte packet
       each, 16 accumulators), rows prefetched 1..5 ahead into shared memory with cp.async, a
       one-wave grid sized by the occupancy API; the candidates differ in teams and stages.
@@ -45,6 +46,15 @@ prints the engine and the older versions; --v4 adds the candidates.
       2026-11-24 runs (numbers in the header comment): a v4 forward (one-wave grid, next row
       loaded before the current one is computed: 76.5% vs v3's 84.9%), KEEP (g and xhat kept in
       registers between the passes: 77.3%), 8 teams of one warp (76.0%).
+  Forward launch options of v3 (plain and fused; the engine's are llmc/layernorm.cuh's LN3_FWD_*
+  and LN3_FUSED_* defines, which -D can set to time another as the engine's): 1, 2, 4 or 8 warps
+  per block (a block's slot frees only when its slowest row is done: smaller blocks free theirs
+  sooner) and "cs stores" (out stored with st.global.cs, evict first). The engine's since the
+  later 2026-11-24 runs: plain 4 warps with cs stores (86.8%; 8 warps without, the engine
+  before, 84.5% in the same run), fused 2 warps (91.7%). Dropped after those runs (numbers in
+  llmc/layernorm.cuh): a register cap for more warps per SM (40 registers: plain 79-85%, fused
+  63-68%; 32 registers: 61-62%, 44%) and a v5 forward (a one-wave grid of warps streaming their
+  rows through cp.async shared-memory stages: 70.6-79.0% in 12 configurations, fused 77.7-85.9%).
 
 Checks: every version against a double-precision CPU reference computed from the same rounded
 inputs, on fresh random inputs per shape; outputs (out, residual, mean, rstd, the backward's
@@ -118,23 +128,39 @@ static void layernorm_backward_v4_wide(floatX* dinp, floatX* dweight, floatX* db
 // ==============================================================================================
 // versions
 
-// forward: v1, v2, v3 with 1, 2 or 4 rows per warp
+// forward: v1, v2, v3 with `rows` per warp and the launch options `warps` per block and `stream`
+// (st.global.cs stores of out)
 struct FwdVersion {
-    int version, rows;
+    int version, rows, warps;
+    bool stream;
 };
-static const FwdVersion FWD_VERSIONS[] = {{1, 0}, {2, 0}, {3, 1}, {3, 2}, {3, 4}};
+static const FwdVersion FWD_VERSIONS[] = {
+    {1, 0, 0, false}, {2, 0, 0, false}, {3, 1, 8, false}, {3, 2, 8, false}, {3, 4, 8, false}, {3, 1, 4, false},
+    {3, 1, 2, false}, {3, 1, 1, false}, {3, 1, 8, true},  {3, 1, 4, true},  {3, 1, 2, true}};
 
 static bool forward_applies(const FwdVersion& v, int C) {
     if (v.version == 1) return true;
     return layernorm_v2_supported(C);
 }
 static bool forward_is_engine(const FwdVersion& v, bool fused) {
-    return v.version == 3 && v.rows == (fused ? LN3_FUSED_ROWS : LN3_FWD_ROWS);
+    if (v.version != 3) return false;
+    if (fused) return v.rows == LN3_FUSED_ROWS && v.warps == LN3_FUSED_WARPS && v.stream == LN3_FUSED_STREAM;
+    return v.rows == LN3_FWD_ROWS && v.warps == LN3_FWD_WARPS && v.stream == LN3_FWD_STREAM;
 }
 static std::string forward_name(const FwdVersion& v, bool fused) {
-    if (forward_is_engine(v, fused)) return "v3 (engine)";
-    if (v.version == 3) return "v3 (" + std::to_string(v.rows) + (v.rows == 1 ? " row" : " rows") + " per warp)";
-    return "v" + std::to_string(v.version);
+    std::string name = "v" + std::to_string(v.version);
+    if (v.version == 3) {
+        std::string options;
+        if (v.rows != 1) options += std::to_string(v.rows) + " rows per warp";
+        if (v.warps != 8) {
+            options += (options.empty() ? "" : ", ") + std::to_string(v.warps) + (v.warps == 1 ? " warp" : " warps");
+            options += " per block";
+        }
+        if (v.stream) options += options.empty() ? "cs stores" : ", cs stores";
+        if (!options.empty()) name += " (" + options + ")";
+    }
+    if (forward_is_engine(v, fused)) name += " (engine)";
+    return name;
 }
 
 template <bool FUSED>
@@ -145,12 +171,17 @@ static void run_forward(const FwdVersion& v, floatX* residual, floatX* out, floa
         else layernorm_forward_v1(out, mean, rstd, a, w, bias, N, C, 0);
     } else if (v.version == 2) {
         layernorm_forward_v2<FUSED>(residual, out, mean, rstd, a, b, w, bias, N, C, 0);
+    } else if (v.rows == 1 && v.stream) {  // v3: the instances the table above names
+        layernorm_forward_v3<FUSED, 1, true>(residual, out, mean, rstd, a, b, w, bias, N, C, 0, v.warps);
     } else if (v.rows == 1) {
-        layernorm_forward_v3<FUSED, 1>(residual, out, mean, rstd, a, b, w, bias, N, C, 0);
-    } else if (v.rows == 2) {
-        layernorm_forward_v3<FUSED, 2>(residual, out, mean, rstd, a, b, w, bias, N, C, 0);
+        layernorm_forward_v3<FUSED, 1, false>(residual, out, mean, rstd, a, b, w, bias, N, C, 0, v.warps);
+    } else if (v.rows == 2 && !v.stream) {
+        layernorm_forward_v3<FUSED, 2, false>(residual, out, mean, rstd, a, b, w, bias, N, C, 0, v.warps);
+    } else if (v.rows == 4 && !v.stream) {
+        layernorm_forward_v3<FUSED, 4, false>(residual, out, mean, rstd, a, b, w, bias, N, C, 0, v.warps);
     } else {
-        layernorm_forward_v3<FUSED, 4>(residual, out, mean, rstd, a, b, w, bias, N, C, 0);
+        fprintf(stderr, "run_forward: no v3 instance for %d rows per warp, cs stores %d\n", v.rows, (int)v.stream);
+        exit(1);
     }
 }
 
