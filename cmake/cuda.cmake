@@ -231,7 +231,9 @@ endif()
 # sm_90 machine code for Hopper (H100/H200). No --use_fast_math: the fp32 build must match the
 # PyTorch reference to 1e-4, and the bf16 build uses the same math functions so the two differ only
 # in storage precision.
-set(LLMC_CUDA_FLAGS -O3 -gencode arch=compute_90,code=sm_90 -lineinfo
+# sm_90a (arch-specific Hopper code) as well: the wgmma attention kernels (llmc/attention_hopper*.cuh)
+# exist only there; the driver picks it on H100/H200 and the sm_90 code runs the mma.sync kernels.
+set(LLMC_CUDA_FLAGS -O3 --generate-code=arch=compute_90,code=sm_90 --generate-code=arch=compute_90a,code=sm_90a -lineinfo
     -Xcompiler=-Wall,-Wextra,-Wno-unused-parameter)
 
 function(llmc_add_cuda_program name source)
@@ -345,9 +347,6 @@ foreach(source IN LISTS _llmc_dev_cuda_sources)
                         RUNTIME_OUTPUT_DIRECTORY "${CMAKE_BINARY_DIR}/dev_cuda")
   add_dependencies(dev_cuda dev_cuda_${kernel})
 endforeach()
-# matmul.cu's v5 uses Hopper's wgmma, which exists only in arch-specific sm_90a code: that program
-# also carries sm_90a machine code (the driver picks it on H100/H200; the sm_90 code skips v5)
-target_compile_options(dev_cuda_matmul PRIVATE $<$<COMPILE_LANGUAGE:CUDA>:--generate-code=arch=compute_90a,code=sm_90a>)
 
 # ---- profile_gpt2cu: one training step for ncu / nsys (dev/bench/profile_step.py) -----------------
 llmc_add_cuda_program(profile_gpt2cu csrc/profile_gpt2cu.cu)

@@ -7,31 +7,61 @@ and the backward dqkv (B, T, 3C) from dout (B, T, C), exactly as llmc/attention.
 The production kernels are #included from llmc/attention.cuh (never copied): what is checked and
 timed here is what train_gpt2cu runs.
 
-Build and run (on an sm_90 GPU):
+Build and run (on an sm_90 GPU; the wgmma versions need sm_90a code, which the Makefile and the
+CMake target add; without it they are skipped and production runs the mma.sync kernels):
     make -C dev/cuda attention && build-dev-cuda/attention          # all versions
     build-dev-cuda/attention 2                                      # one version
-With cuDNN (adds version 7; needs cuDNN 9 + cudnn-frontend, see README.md):
+With cuDNN (adds version 18; needs cuDNN 9 + cudnn-frontend, see README.md):
     cmake -B build -DLLMC_CUDNN=ON && cmake --build build --target dev_cuda_attention
     build/dev_cuda/attention
-Versions:
+Versions (a course from the scalar loop to Hopper's warpgroup tensor cores):
     1  simple: the phase-1 kernels (one thread per row, scalar fp32 FMAs, no tensor cores), the
        fp32 build's kernels, here in bf16
-    2  flash, production (attention_forward / attention_backward, FaConfig<HS>): FlashAttention-2
-       on mma.sync m16n8k16 tensor cores, ldmatrix, cp.async double buffering, exp2 online
-       softmax, causal tile skipping, dq in its own kernel (deterministic, no atomics). At HS <= 64
-       each warp owns 2 m-tiles (32 rows): forward 4 warps / 128 rows / 64-key tiles, dk,dv
-       4 warps / 128 keys / 32-query tiles, dq 4 warps / 128 rows / 64-key tiles
-    3  flash with one m-tile (16 rows) per warp everywhere, 4 warps, 64-row tiles: the first
+    2  production (attention_forward / attention_backward): on sm_90a the wgmma kernels (version
+       12's forward, version 15's backward but with 3 stages: FahFwdConfig, FahBwdConfig), else
+       version 3
+    3  flash mma.sync, FaConfig<HS>: FlashAttention-2 on mma.sync m16n8k16 tensor cores, ldmatrix,
+       cp.async double buffering, exp2 online softmax, causal tile skipping, dq in its own kernel
+       (deterministic, no atomics). At HS <= 64 each warp owns 2 m-tiles (32 rows): forward
+       4 warps / 128 rows / 64-key tiles, dk,dv 4 warps / 128 keys / 32-query tiles, dq 4 warps /
+       128 rows / 64-key tiles. The engine's kernels on GPUs without sm_90a code and at HS 16, 32
+    4  flash with one m-tile (16 rows) per warp everywhere, 4 warps, 64-row tiles: the first
        tensor-core version; each B fragment read from shared memory feeds one product, so it is
        bound by shared-memory bandwidth (this is what 2 m-tiles fixed: -22% forward, -14% backward)
-    4  forward with 8 warps x 2 m-tiles (256 rows per block): fewer, larger blocks; slower at T=1024
-    5  dk,dv with 8 warps x 2 m-tiles (256 keys per block): slower
-    6  dq with 8 warps x 2 m-tiles (256 rows per block): slower
-    Versions 3-6 use one configuration for every head size; at HS = 128 two m-tiles need more
-    than 255 registers and spill (slow), which is why FaConfig<128> keeps one m-tile there.
-    (Earlier tries, measured 2026-11-23 and dropped: 8 warps x 1 m-tile, 2 m-tiles with 32-key
-    forward tiles, dq with 32-key tiles, dk,dv with 64-query tiles: all slower than version 2.)
-    7  cuDNN's fused SDPA through llmc/cudnn_attention.h, the engine's backend when built with
+    5  forward with 8 warps x 2 m-tiles (256 rows per block): fewer, larger blocks; slower at T=1024
+    6  dk,dv with 8 warps x 2 m-tiles (256 keys per block): slower
+    7  dq with 8 warps x 2 m-tiles (256 rows per block): slower
+       Versions 4-7 use one configuration for every head size; at HS = 128 two m-tiles need more
+       than 255 registers and spill (slow), which is why FaConfig<128> keeps one m-tile there.
+       (Earlier tries, measured 2026-11-23 and dropped: 8 warps x 1 m-tile, 2 m-tiles with 32-key
+       forward tiles, dq with 32-key tiles, dk,dv with 64-query tiles: all slower than version 3.)
+    8-12 the wgmma forward (llmc/attention_hopper.cuh, sm_90a), each with the production backward:
+       S = Q K^T and O += P V as warpgroup-wide wgmma, operands straight from 128-byte-swizzled
+       shared memory, P from registers; "Nwg": warpgroups (64 query rows each) per block, "Nk":
+       keys per tile, "Nst": shared-memory stages.
+    8  2wg 128k 2st: the first one, one product after the other: 0.47 ms at GPT-2 shapes (mma.sync
+       0.43); two warpgroups per block wait for each other at every tile's barrier
+    9  1wg 128k 2st: one warpgroup per block, so three blocks interleave per SM: 0.37 ms
+    10 1wg 64k 2st: smaller tiles, fewer registers: about the same
+    11 pipe 128k 3st: FlashAttention-3's intra-warpgroup pipelining (S of the next tile in flight
+       while P V of this one runs; fah_forward_pipelined_kernel); with 128-key tiles it needs 203
+       registers, two blocks per SM: slower than 9. (Its first form issued the next S under a
+       branch and ptxas serialized every wgmma of the kernel, C7520: 0.45-0.53 ms.)
+    12 pipe 64k 3st: the pipelined kernel with 64-key tiles (126 registers); with 4 stages it is
+       production's forward (FahFwdConfig<64>): 0.357 ms against cuDNN's 0.330-0.340
+    13 pipe 64k 4st qreg: Q read into registers once (ldmatrix), S = Q K^T from there: the same
+       time at T = 1024, 1-2% faster at T >= 2048
+    14-17 the wgmma backward (llmc/attention_hopper_bwd.cuh, sm_90a), each with the production
+       forward: a dk,dv kernel ("kv": one warpgroup of 64 keys per block, 64-query tiles streamed)
+       and a dq kernel ("q": warpgroups of 64 rows, 64-key tiles streamed), P and dS fed to the
+       next product from registers; "lag": a tile's last product runs on into the next tile
+       (FahCfg's LAG); "3blk": registers capped for 3 blocks per SM. Production (FahBwdConfig<64>):
+       kv 3 stages with lag, q 2 stages. Numbers: llmc/attention_hopper_bwd.cuh's comment.
+    14 kv 2st, no lag: each tile waits for its last product: 1.40 ms (production 1.20)
+    15 kv 4st lag: one more stage, the same time as 3
+    16 q lag 3blk: the dq kernel with lag and 3 stages: no gain
+    17 128: q as kv: HS = 128's dq kernel with one warpgroup and lag (production uses 2, no lag)
+    18 cuDNN's fused SDPA through llmc/cudnn_attention.h, the engine's backend when built with
        LLMC_CUDNN (only in such a build): the same layouts and stats, deterministic backward
        algorithm; checked and timed like the others, so ours vs cuDNN is one program's ratio. The
        first call at each shape builds cuDNN's graph; the warm-up calls absorb that.
@@ -56,9 +86,10 @@ of FlashAttention-2; our dq kernel does 2 more, which are not counted).
 #include <cmath>
 #include <vector>
 
-#include "llmc/attention.cuh"
+#include "llmc/attention.cuh"  // defines: attention_forward/backward, the mma.sync and (via
+                                //   attention_hopper*.cuh) the wgmma kernels
 #ifdef LLMC_CUDNN
-#include "llmc/cudnn_attention.h"  // defines: cudnn_attention_forward/backward (version 7)
+#include "llmc/cudnn_attention.h"  // defines: cudnn_attention_forward/backward (version 18)
 #endif
 
 #ifdef LLMC_FP32
@@ -93,6 +124,55 @@ static void flash_bwd(bf16* dqkv, float* delta, const bf16* dout, const bf16* ou
     }
 }
 
+// the mma.sync flash kernels in their production configuration (FaConfig<HS>): what the engine
+// runs without sm_90a code, and for head sizes 16 and 32
+static void mma_fwd(bf16* out, float* lse, const bf16* qkv, int B, int T, int C, int H, cudaStream_t s) {
+    switch (C / H) {
+        case 16: fa_forward_hs<16>(out, lse, qkv, B, T, H, s); break;
+        case 32: fa_forward_hs<32>(out, lse, qkv, B, T, H, s); break;
+        case 64: fa_forward_hs<64>(out, lse, qkv, B, T, H, s); break;
+        case 128: fa_forward_hs<128>(out, lse, qkv, B, T, H, s); break;
+        default: fprintf(stderr, "mma_fwd: head size %d not supported\n", C / H); exit(1);
+    }
+}
+
+static void mma_bwd(bf16* dqkv, float* delta, const bf16* dout, const bf16* out, const bf16* qkv, const float* lse,
+                    int B, int T, int C, int H, cudaStream_t s) {
+    switch (C / H) {
+        case 16: fa_backward_hs<16>(dqkv, delta, dout, out, qkv, lse, B, T, H, s); break;
+        case 32: fa_backward_hs<32>(dqkv, delta, dout, out, qkv, lse, B, T, H, s); break;
+        case 64: fa_backward_hs<64>(dqkv, delta, dout, out, qkv, lse, B, T, H, s); break;
+        case 128: fa_backward_hs<128>(dqkv, delta, dout, out, qkv, lse, B, T, H, s); break;
+        default: fprintf(stderr, "mma_bwd: head size %d not supported\n", C / H); exit(1);
+    }
+}
+
+// the wgmma forward (llmc/attention_hopper.cuh): NWG warpgroups of 64 query rows, BN-key tiles,
+// STAGES shared-memory stages; at HS = 128 the key tiles are halved (registers)
+template <int NWG, int BN, int STAGES, bool PIPELINED, bool QREG = false>
+static void hopper_fwd(bf16* out, float* lse, const bf16* qkv, int B, int T, int C, int H, cudaStream_t s) {
+    switch (C / H) {
+        case 64: fah_forward<64, NWG, BN, STAGES, PIPELINED, QREG>(out, lse, qkv, B, T, H, s); break;
+        case 128:
+            fah_forward<128, NWG, (BN > 64 ? BN / 2 : BN), (STAGES > 3 ? 3 : STAGES), PIPELINED, QREG>(out, lse, qkv, B, T,
+                                                                                                     H, s);
+            break;
+        default: fprintf(stderr, "hopper_fwd: head size %d not instantiated\n", C / H); exit(1);
+    }
+}
+
+// the wgmma backward (llmc/attention_hopper_bwd.cuh): KV, Q = FahCfg of the dk/dv and dq kernels at
+// HS = 64, KV128, Q128 at HS = 128 (by default its production configuration, FahBwdConfig<128>)
+template <class KV, class Q, class KV128 = FahBwdConfig<128>::Dkdv, class Q128 = FahBwdConfig<128>::Dq>
+static void hopper_bwd(bf16* dqkv, float* delta, const bf16* dout, const bf16* out, const bf16* qkv, const float* lse,
+                       int B, int T, int C, int H, cudaStream_t s) {
+    switch (C / H) {
+        case 64: fah_backward<64, KV, Q>(dqkv, delta, dout, out, qkv, lse, B, T, H, s); break;
+        case 128: fah_backward<128, KV128, Q128>(dqkv, delta, dout, out, qkv, lse, B, T, H, s); break;
+        default: fprintf(stderr, "hopper_bwd: head size %d not instantiated\n", C / H); exit(1);
+    }
+}
+
 #ifdef LLMC_CUDNN
 static void cudnn_fwd(bf16* out, float* lse, const bf16* qkv, int B, int T, int C, int H, cudaStream_t s) {
     cudnn_attention_forward(out, lse, qkv, B, T, C, H, 1, s);
@@ -110,17 +190,32 @@ struct Version {
     bwd_fn bwd;
     bool all_head_sizes;  // also 16 and 32 (else 64 and 128 only)
     int timing_reps;
+    bool wgmma;  // needs sm_90a code (skipped when the build has none)
 };
 
 static const Version versions[] = {
-    {"simple (phase 1)", attention_forward_simple, attention_backward_simple, true, 5},
-    {"flash (production)", attention_forward, attention_backward, true, 20},
-    {"flash 4w x 1mt everywhere", flash_fwd<FaCfg<4, 1, 64>>, flash_bwd<FaCfg<4, 1, 64>, FaCfg<4, 1, 64>>, false, 20},
-    {"fwd 8w x 2mt, 64-key tiles", flash_fwd<FaCfg<8, 2, 64>>, attention_backward, false, 20},
-    {"dkdv 8w x 2mt, 32-q tiles", attention_forward, flash_bwd<FaCfg<8, 2, 32>, FaConfig<64>::Dq>, false, 20},
-    {"dq 8w x 2mt, 64-key tiles", attention_forward, flash_bwd<FaConfig<64>::Dkdv, FaCfg<8, 2, 64>>, false, 20},
+    {"simple (phase 1)", attention_forward_simple, attention_backward_simple, true, 5, false},
+    {"production (engine)", attention_forward, attention_backward, true, 20, false},
+    {"flash mma.sync (FaConfig)", mma_fwd, mma_bwd, true, 20, false},
+    {"flash 4w x 1mt everywhere", flash_fwd<FaCfg<4, 1, 64>>, flash_bwd<FaCfg<4, 1, 64>, FaCfg<4, 1, 64>>, false, 20, false},
+    {"fwd 8w x 2mt, 64-key tiles", flash_fwd<FaCfg<8, 2, 64>>, mma_bwd, false, 20, false},
+    {"dkdv 8w x 2mt, 32-q tiles", mma_fwd, flash_bwd<FaCfg<8, 2, 32>, FaConfig<64>::Dq>, false, 20, false},
+    {"dq 8w x 2mt, 64-key tiles", mma_fwd, flash_bwd<FaConfig<64>::Dkdv, FaCfg<8, 2, 64>>, false, 20, false},
+    {"wgmma fwd 2wg 128k 2st", hopper_fwd<2, 128, 2, false>, attention_backward, false, 20, true},
+    {"wgmma fwd 1wg 128k 2st", hopper_fwd<1, 128, 2, false>, attention_backward, false, 20, true},
+    {"wgmma fwd 1wg 64k 2st", hopper_fwd<1, 64, 2, false>, attention_backward, false, 20, true},
+    {"wgmma fwd pipe 128k 3st", hopper_fwd<1, 128, 3, true>, attention_backward, false, 20, true},
+    {"wgmma fwd pipe 64k 3st", hopper_fwd<1, 64, 3, true>, attention_backward, false, 20, true},
+    {"wgmma fwd pipe 64k 4st qreg", hopper_fwd<1, 64, 4, true, true>, attention_backward, false, 20, true},
+    {"wgmma bwd kv 2st, no lag", attention_forward, hopper_bwd<FahCfg<1, 64, 2>, FahCfg<1, 64, 2>>, false, 20, true},
+    {"wgmma bwd kv 4st lag", attention_forward, hopper_bwd<FahCfg<1, 64, 4, 1, 1>, FahCfg<1, 64, 2>>, false, 20, true},
+    {"wgmma bwd q lag 3blk", attention_forward, hopper_bwd<FahCfg<1, 64, 3, 1, 1>, FahCfg<1, 64, 3, 3, 1>>, false, 20,
+     true},
+    {"wgmma bwd 128: q as kv", attention_forward,
+     hopper_bwd<FahCfg<1, 64, 3, 1, 1>, FahCfg<1, 64, 2>, FahBwdConfig<128>::Dkdv, FahCfg<1, 64, 3, 1, 1>>, false, 20,
+     true},
 #ifdef LLMC_CUDNN
-    {"cuDNN (LLMC_CUDNN)", cudnn_fwd, cudnn_bwd, true, 20},
+    {"cuDNN (LLMC_CUDNN)", cudnn_fwd, cudnn_bwd, true, 20, false},
 #endif
 };
 static const int num_versions = (int)(sizeof(versions) / sizeof(versions[0]));
@@ -401,8 +496,11 @@ int main(int argc, char** argv) {
     printf("correctness (relative error vs a float64 CPU reference, tolerance %.0e):\n", TOL);
     int all_ok = 1;
     uint64_t seed = 42;
+    const bool have_wgmma = wgmma_compiled();
+    if (!have_wgmma) printf("wgmma versions skipped: this build has no sm_90a code for this device\n");
     for (int v = 0; v < num_versions; v++) {
         if (only && v + 1 != only) continue;
+        if (versions[v].wgmma && !have_wgmma) continue;
         for (const Shape& s : checks) {
             if (!versions[v].all_head_sizes && s.HS != 64 && s.HS != 128) continue;
             all_ok &= check_version(v, s.B, s.T, s.H * s.HS, s.H, s.nheads, seed++);
@@ -419,6 +517,7 @@ int main(int argc, char** argv) {
     for (const Shape& s : timed) {
         for (int v = 0; v < num_versions; v++) {
             if (only && v + 1 != only) continue;
+            if (versions[v].wgmma && !have_wgmma) continue;
             if (v == 0 && s.T > 1024) continue;  // minutes per call
             rows.push_back({v, s, time_version(v, s.B, s.T, s.H * s.HS, s.H)});
         }

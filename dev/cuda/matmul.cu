@@ -78,6 +78,7 @@ median of up to 20 calls (fewer for the slow versions), dev/cuda/common.cuh.
 #include <vector>
 
 #include "llmc/matmul.cuh"   // defines: matmul_init/forward/backward/free (the engine, cuBLASLt)
+#include "llmc/wgmma.cuh"    // defines: wgmma_ss, wgmma_desc_kmajor, wgmma_fence/commit/wait (v5)
 #include "common.cuh"  // defines: bench:: inputs, poison, rel_error, time_ms, report_compute
 
 #ifdef LLMC_FP32
@@ -551,104 +552,10 @@ __global__ void __launch_bounds__((BM / WM) * (BN / WN) * 32) matmul_v4_kernel(b
 
 // ---- v5: Hopper wgmma (sm_90a), operands from 128-byte-swizzled shared memory ---------------------
 
-// The wgmma instructions exist only in the sm_90a target. The device pass of an sm_90 build leaves
-// the kernel empty (it traps if launched) and the probe below reports it, so the program still
-// builds and runs everything else.
-__global__ void wgmma_probe_kernel(int* compiled) {
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-    *compiled = 1;
-#else
-    *compiled = 0;
-#endif
-}
-
-#if !defined(__CUDA_ARCH__) || defined(__CUDA_ARCH_FEAT_SM90_ALL)
-#define V5_WGMMA 1
-#endif
-
-#ifdef V5_WGMMA
-// Shared-memory matrix descriptor of a K-major operand tile stored as rows of 64 bf16 (128 bytes)
-// with the 128-byte swizzle (16-byte chunk c of row r at chunk c ^ (r % 8), tile 1024-byte aligned).
-// Stride byte offset: 1024 (one group of 8 rows to the next); the leading byte offset is unused by
-// swizzled K-major layouts. Successive k16 steps inside the 128-byte row add 32 bytes to the start.
-__device__ __forceinline__ uint64_t wgmma_desc(uint32_t addr) {
-    uint64_t d = (uint64_t)((addr & 0x3FFFF) >> 4);
-    d |= (uint64_t)(16 >> 4) << 16;
-    d |= (uint64_t)(1024 >> 4) << 32;
-    d |= (uint64_t)1 << 62;  // swizzle mode 1: 128-byte
-    return d;
-}
-__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
-__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
-template <int PENDING>
-__device__ __forceinline__ void wgmma_wait() {
-    asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(PENDING) : "memory");
-}
-// cp.async wrote the tiles through the generic proxy; wgmma reads them through the async proxy
-__device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
-// keeps the compiler from moving reads of the accumulators above the wgmma wait
-__device__ __forceinline__ void pin_register(float& x) { asm volatile("" : "+f"(x)::"memory"); }
-
-// d (64 x BN fp32, BN/2 registers per thread) += A (64 x 16, descriptor) * B (BN x 16, descriptor)^T
-template <int BN>
-__device__ __forceinline__ void wgmma_m64k16(float (&d)[BN / 2], uint64_t desc_a, uint64_t desc_b);
-template <>
-__device__ __forceinline__ void wgmma_m64k16<128>(float (&d)[64], uint64_t desc_a, uint64_t desc_b) {
-    asm volatile(
-        "{\n.reg .pred p;\n"
-        "setp.ne.b32 p, %66, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {"
-        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
-        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
-        "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
-        "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
-        "}, %64, %65, p, 1, 1, 0, 0;\n}\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
-          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
-          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
-          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
-          "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
-          "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
-          "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
-          "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
-        : "l"(desc_a), "l"(desc_b), "r"(1));
-}
-
-template <>
-__device__ __forceinline__ void wgmma_m64k16<256>(float (&d)[128], uint64_t desc_a, uint64_t desc_b) {
-    asm volatile(
-        "{\n.reg .pred p;\n"
-        "setp.ne.b32 p, %130, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 {"
-        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
-        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
-        "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
-        "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, "
-        "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, "
-        "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, "
-        "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, "
-        "%112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127"
-        "}, %128, %129, p, 1, 1, 0, 0;\n}\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
-          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
-          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
-          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
-          "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
-          "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
-          "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
-          "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]),
-          "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]),
-          "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]),
-          "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]),
-          "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]),
-          "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]),
-          "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]),
-          "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]),
-          "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
-        : "l"(desc_a), "l"(desc_b), "r"(1));
-}
-
-
+// The wgmma primitives (descriptors, fences, wgmma_ss) come from llmc/wgmma.cuh. wgmma exists only
+// in the sm_90a target: the device pass of an sm_90 build leaves the kernel empty (it traps if
+// launched), and wgmma_compiled() tells main, so the program still builds and runs everything else.
+#ifdef LLMC_WGMMA
 // A warpgroup's 64 x BN accumulators (+ bias) to out rows row0 .. row0+63, columns n0 .. n0+BN-1.
 // Layout: per n8 column block j, registers 4j .. 4j+3 are an mma.m16n8 C fragment of the warp's 16
 // rows (warp w of the warpgroup holds rows 16w .. 16w+15).
@@ -666,7 +573,7 @@ __device__ __forceinline__ void wgmma_store_tile(bf16* out, const bf16* bias, co
         store_pair(out, row + 8, col, acc[4 * j + 2] + b0, acc[4 * j + 3] + b1, M, N);
     }
 }
-#endif  // V5_WGMMA
+#endif  // LLMC_WGMMA
 
 // Block tile 128 x BN x 64, 256 threads = 2 warpgroups, warpgroup g computes rows 64g .. 64g+63
 // (one m64nBNk16 wgmma per k16 step, 4 per k-tile). Shared stage s holds the 128 rows of inp then
@@ -677,7 +584,7 @@ __device__ __forceinline__ void wgmma_store_tile(bf16* out, const bf16* bias, co
 template <int BN, int STAGES, int INFLIGHT, int MINB>
 __global__ void __launch_bounds__(256, MINB) matmul_v5_kernel(bf16* out, const bf16* inp, const bf16* w,
                                                               const bf16* bias, int M, int N, int K) {
-#ifdef V5_WGMMA
+#ifdef LLMC_WGMMA
     constexpr int BM = 128, BK = 64, THREADS = 256;
     constexpr int STAGE_BYTES = (BM + BN) * BK * 2;
     constexpr int DIST = STAGES - 1 - INFLIGHT;
@@ -715,7 +622,7 @@ __global__ void __launch_bounds__(256, MINB) matmul_v5_kernel(bf16* out, const b
 #pragma unroll
     for (int i = 0; i < BN / 2; i++) {
         acc[i] = 0.0f;
-        pin_register(acc[i]);  // zeroed before the first wgmma.fence, not between it and the wgmma
+        wgmma_pin(acc[i]);  // zeroed before the first wgmma.fence, not between it and the wgmma
     }
 #pragma unroll
     for (int s = 0; s < DIST; s++) {
@@ -733,13 +640,13 @@ __global__ void __launch_bounds__(256, MINB) matmul_v5_kernel(bf16* out, const b
         const uint32_t sa = s + wg * 64 * 128, sb = s + BM * 128;
         wgmma_fence();
 #pragma unroll
-        for (int kk = 0; kk < BK / 16; kk++) wgmma_m64k16<BN>(acc, wgmma_desc(sa + kk * 32), wgmma_desc(sb + kk * 32));
+        for (int kk = 0; kk < BK / 16; kk++)
+            wgmma_ss<BN>(acc, wgmma_desc_kmajor(sa + kk * 32), wgmma_desc_kmajor(sb + kk * 32), 1);
         wgmma_commit();
         wgmma_wait<INFLIGHT>();
     }
     wgmma_wait<0>();
-#pragma unroll
-    for (int i = 0; i < BN / 2; i++) pin_register(acc[i]);
+    wgmma_pin_all(acc);
     cp_async_wait<0>();
 
     wgmma_store_tile<BN>(out, bias, acc, m0 + wg * 64, n0, M, N);
@@ -755,7 +662,7 @@ __global__ void __launch_bounds__(256, MINB) matmul_v5_kernel(bf16* out, const b
 // not supported (nothing is launched then).
 typedef bool (*HandLaunch)(bf16* out, const bf16* inp, const bf16* w, const bf16* bias, int M, int N, int K);
 
-static bool g_wgmma_compiled = false;  // set in main from wgmma_probe_kernel
+static bool g_wgmma_compiled = false;  // set in main from wgmma_compiled()
 
 static bool hand_args_ok(const char* who, const bf16* out, const bf16* inp, const bf16* w, int M, int N, int K,
                          bool rows16) {
@@ -1125,15 +1032,6 @@ static void bench_layer(cublasHandle_t handle, const LayerShape& s, int N) {
     cudaCheck(cudaFree(db)); cudaCheck(cudaFree(scratch));
 }
 
-static bool probe_wgmma() {
-    int* d_flag = bench::device_alloc<int>(1);
-    wgmma_probe_kernel<<<1, 1>>>(d_flag);
-    cudaCheckLast();
-    int flag = 0;
-    cudaCheck(cudaMemcpy(&flag, d_flag, sizeof(int), cudaMemcpyDeviceToHost));
-    cudaCheck(cudaFree(d_flag));
-    return flag == 1;
-}
 #endif  // !LLMC_FP32
 
 // ================================================================================================
@@ -1168,7 +1066,7 @@ int main(int argc, char** argv) {
     check_layer(512, 1024, 256, false, true);  // fcproj: dGELU on its input's gradient
     report_small_call_cost();
 #ifndef LLMC_FP32
-    g_wgmma_compiled = probe_wgmma();
+    g_wgmma_compiled = wgmma_compiled();
     if (!g_wgmma_compiled) {
         printf("v5 (wgmma) skipped: this build has no sm_90a code (-gencode arch=compute_90a,code=sm_90a)\n");
     } else if (!run_v5) {

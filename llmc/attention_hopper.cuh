@@ -1,0 +1,408 @@
+/*
+Causal flash attention on Hopper's warpgroup tensor cores (wgmma, sm_90a): forward.
+
+Computes exactly what llmc/attention.cuh documents (same layouts: qkv (B, T, 3C), out (B, T, C),
+lse (B, H, T) fp32 = each query row's log-sum-exp of its scaled scores), for head sizes 64 and 128,
+bf16 in and out, fp32 accumulation. The mma.sync kernels there are FlashAttention-2 at warp level;
+these issue the same two products per key tile as whole-warpgroup wgmma instructions
+(llmc/wgmma.cuh), which is how Hopper's tensor cores reach their full rate:
+    S = Q K^T     both operands read by the tensor cores straight from swizzled shared memory
+                  (no ldmatrix, no fragments of Q or K in registers), 64 rows x BN keys per
+                  warpgroup per tile;
+    O += P V      P comes from registers: the fp32 S accumulators, exponentiated in place and
+                  rounded to bf16 in pairs, already have the layout of wgmma's register A operand,
+                  so P never goes through shared memory; V is read as an MN-major ("transposed")
+                  operand, so it is stored as it arrives, row by row.
+The online softmax between the two is FlashAttention-2's, in fp32 registers, on exp2 of
+log2(e)-prescaled scores. A thread holds 2 rows x BN/4 scores; the 4 threads sharing a row combine
+their max and sum with two shuffles.
+
+Block: NWG warpgroups, each owning 64 query rows (the block owns BM = 64 NWG rows), all of them
+copying tiles (cp.async, 16 bytes per thread per copy) into a ring of STAGES shared-memory stages
+of K and V, STAGES - 1 tiles ahead of the math; one __syncthreads per key tile both publishes a
+landed stage and retires the stage the next copy overwrites. Causal: key tiles past the block's last
+row are never loaded, a warpgroup skips tiles entirely past its rows, and only tiles crossing its
+diagonal are masked. Blocks are launched heaviest (last query rows) first.
+
+Shared-memory layout: tiles of 64-column panels with the 128-byte swizzle (llmc/wgmma.cuh), Q
+(BM rows) then STAGES x (K tile, V tile) of BN rows each. Any T >= 1: rows past T are zero-filled
+on load and never written.
+
+Two kernels: fah_forward_kernel, one product after the other (any number of warpgroups a block),
+and fah_forward_pipelined_kernel (one warpgroup a block), which overlaps the exponentials of one
+tile with the P V product of the one before, as FlashAttention-3 does. Measured on an H200 at
+GPT-2 124M shapes (B*H = 768, T = 1024, HS = 64; dev/cuda/attention.cu, 2026-11-24), forward:
+mma.sync flash kernels 0.43 ms; here 2 warpgroups a block 0.47 ms (they wait for each other at
+every tile), 1 warpgroup 0.37 ms (three independent blocks interleave on a multiprocessor),
+pipelined with 64-key tiles and 4 stages 0.357 ms, the production choice (FahFwdConfig); cuDNN
+0.33-0.34 ms in the same runs. At T = 4096: 1.21 ms against cuDNN's 0.96, and at HS = 128
+(B*H = 384, T = 1024) 0.35 against 0.23: cuDNN's lead grows with the work per block, which
+points at what these kernels lack (TMA loads by a producer warp instead of every thread's
+cp.async, and two consumer warpgroups taking turns on the tensor cores).
+*/
+// llmc/attention.cuh includes this file (after its own kernels, before the dispatchers that pick
+// these kernels when the program carries sm_90a code); the include guard comes after that include
+// so that either header may be included first.
+#include "llmc/attention.cuh"
+#include "llmc/wgmma.cuh"
+
+#ifndef LLMC_ATTENTION_HOPPER_CUH
+#define LLMC_ATTENTION_HOPPER_CUH
+
+// Starts the copy (cp.async, one commit group is closed by the caller) of rows [row0, row0 + ROWS)
+// of one head's slice into the swizzled tile at shared address dst: HS / 64 panels of ROWS rows of
+// 128 bytes, 16-byte chunk c of row r at chunk c ^ (r % 8). src points at (row 0, column 0) of the
+// slice, ld is the global row stride in elements; rows at or past T are zero-filled.
+template <int ROWS, int HS, int NT>
+__device__ __forceinline__ void fah_load_tile(uint32_t dst, const fa_bf16* src, size_t ld, int row0, int T) {
+    constexpr int CPR = HS / 8;  // 16-byte chunks per row
+    constexpr int CHUNKS = ROWS * CPR;
+#pragma unroll
+    for (int it = 0; it < (CHUNKS + NT - 1) / NT; it++) {
+        const int idx = it * NT + (int)threadIdx.x;
+        if (CHUNKS % NT == 0 || idx < CHUNKS) {
+            const int r = idx / CPR, c = idx % CPR;
+            const int row = row0 + r;
+            const bool valid = row < T;
+            const uint32_t panel = (uint32_t)(c / 8) * ROWS * 128;
+            fa_cp_async16(dst + panel + r * 128 + (((c % 8) ^ (r & 7)) << 4), src + (size_t)(valid ? row : 0) * ld + c * 8,
+                          valid);
+        }
+    }
+}
+
+template <int HS, int NWG, int BN, int STAGES>
+static constexpr size_t fah_forward_smem() {
+    return 1024 + (size_t)(64 * NWG + 2 * STAGES * BN) * HS * sizeof(fa_bf16);  // + 1024: alignment slack
+}
+
+#ifdef LLMC_WGMMA
+// The steps of one key tile for one warpgroup (64 query rows, first row row_lo), shared by both
+// forward kernels. q_s: the block's Q tile (BM rows); k_st / v_st: the stage holding the key tile.
+
+// issues S = Q K^T (64 x BN) as HS / 16 wgmmas; the caller commits and waits
+template <int HS, int BM, int BN>
+__device__ __forceinline__ void fah_issue_scores(float (&s)[BN / 2], uint32_t q_s, uint32_t k_st, int wg) {
+#pragma unroll
+    for (int kk = 0; kk < HS / 16; kk++) {
+        const uint32_t qa = q_s + (kk / 4) * BM * 128 + wg * 64 * 128 + (kk % 4) * 32;
+        const uint32_t ka = k_st + (kk / 4) * BN * 128 + (kk % 4) * 32;
+        wgmma_ss<BN>(s, wgmma_desc_kmajor(qa), wgmma_desc_kmajor(ka), kk > 0);
+    }
+}
+
+// the same with Q from registers (qf: wgmma_a_frag_smem fragments of the warpgroup's Q rows)
+template <int HS, int BN>
+__device__ __forceinline__ void fah_issue_scores_qreg(float (&s)[BN / 2], const uint32_t (&qf)[HS / 16][4],
+                                                      uint32_t k_st) {
+#pragma unroll
+    for (int kk = 0; kk < HS / 16; kk++)
+        wgmma_rs_kmajor<BN>(s, qf[kk], wgmma_desc_kmajor(k_st + (kk / 4) * BN * 128 + (kk % 4) * 32), kk > 0);
+}
+
+// causal mask (keys j > row i to -inf) when the tile starting at key k0 crosses the diagonal
+template <int BN>
+__device__ __forceinline__ void fah_mask(float (&s)[BN / 2], int k0, int row_lo) {
+    if (k0 + BN - 1 <= row_lo) return;
+    const int warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+#pragma unroll
+    for (int j = 0; j < BN / 8; j++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            const int key = k0 + j * 8 + 2 * t + (e & 1);
+            const int row = row_lo + warp * 16 + g + (e >> 1) * 8;
+            if (key > row) s[4 * j + e] = -INFINITY;
+        }
+}
+
+// Online softmax of one tile, per row (the 4 lanes t = 0..3 of a group share a row): updates the
+// running max m (raw scores) and this lane's part of the sum l, exponentiates s in place and
+// returns in corr the factor the accumulator rows must be scaled by.
+template <int BN>
+__device__ __forceinline__ void fah_softmax(float (&s)[BN / 2], float (&m)[2], float (&l)[2], float (&corr)[2],
+                                            float sl2) {
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        float mx = m[r];
+#pragma unroll
+        for (int j = 0; j < BN / 8; j++) mx = fmaxf(mx, fmaxf(s[4 * j + 2 * r], s[4 * j + 2 * r + 1]));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+        const float mref = mx == -INFINITY ? 0.0f : mx * sl2;  // a row with no key yet stays at 0
+        corr[r] = fa_exp2(m[r] * sl2 - mref);
+        m[r] = mx;
+        float sum = 0.0f;
+#pragma unroll
+        for (int j = 0; j < BN / 8; j++) {
+            s[4 * j + 2 * r] = fa_exp2(fmaf(s[4 * j + 2 * r], sl2, -mref));
+            s[4 * j + 2 * r + 1] = fa_exp2(fmaf(s[4 * j + 2 * r + 1], sl2, -mref));
+            sum += s[4 * j + 2 * r] + s[4 * j + 2 * r + 1];
+        }
+        l[r] = l[r] * corr[r] + sum;
+    }
+}
+
+template <int N>
+__device__ __forceinline__ void fah_rescale(float (&acc)[N], const float (&corr)[2]) {
+#pragma unroll
+    for (int j = 0; j < N / 4; j++) {
+        acc[4 * j] *= corr[0], acc[4 * j + 1] *= corr[0];
+        acc[4 * j + 2] *= corr[1], acc[4 * j + 3] *= corr[1];
+    }
+}
+
+// issues O += P V for a key tile (P as bf16 register fragments); the caller commits and waits
+template <int HS, int BN>
+__device__ __forceinline__ void fah_issue_pv(float (&o)[HS / 2], const uint32_t (&pa)[BN / 16][4], uint32_t v_st) {
+#pragma unroll
+    for (int kk = 0; kk < BN / 16; kk++) wgmma_rs<HS>(o, pa[kk], wgmma_desc_mnmajor(v_st + kk * 16 * 128, BN * 128), 1);
+}
+
+// out rows (normalized by the row sums) and lse of one warpgroup's 64 rows
+template <int HS>
+__device__ __forceinline__ void fah_store(fa_bf16* out, float* lse, const float (&o)[HS / 2], const float (&m)[2],
+                                          const float (&l)[2], int b, int bh, int h, int row_lo, int T, int C,
+                                          float scale) {
+    const int warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        float lr = l[r];
+        lr += __shfl_xor_sync(0xffffffffu, lr, 1);
+        lr += __shfl_xor_sync(0xffffffffu, lr, 2);
+        const int i = row_lo + warp * 16 + g + r * 8;
+        if (i < T) {
+            const float inv = 1.0f / lr;
+            fa_bf16* orow = out + ((size_t)b * T + i) * C + (size_t)h * HS;
+#pragma unroll
+            for (int j = 0; j < HS / 8; j++)
+                *reinterpret_cast<uint32_t*>(orow + j * 8 + 2 * t) =
+                    wgmma_pack_bf16(o[4 * j + 2 * r] * inv, o[4 * j + 2 * r + 1] * inv);
+            if (t == 0) lse[(size_t)bh * T + i] = m[r] * scale + logf(lr);
+        }
+    }
+}
+#endif  // LLMC_WGMMA
+
+// The straightforward version: per key tile, S = Q K^T, wait, softmax, O += P V, wait. While one
+// warpgroup exponentiates, only the other warpgroups on the SM keep the tensor cores busy.
+// grid (ceil(T / (64 NWG)), B * H), block 128 NWG threads; dynamic smem fah_forward_smem<...>()
+template <int HS, int NWG, int BN, int STAGES>
+__global__ void __launch_bounds__(NWG * 128) fah_forward_kernel(fa_bf16* out, float* lse, const fa_bf16* qkv, int T,
+                                                                 int H, float scale) {
+#ifdef LLMC_WGMMA
+    static_assert(HS % 64 == 0 && BN % 64 == 0 && STAGES >= 2, "64-column panels, 64-key multiples");
+    constexpr int BM = 64 * NWG, NT = 128 * NWG;
+    constexpr uint32_t Q_BYTES = BM * HS * 2, KV_BYTES = BN * HS * 2;
+    extern __shared__ __align__(16) unsigned char fah_smem[];
+    const uint32_t q_s = (wgmma_smem_u32(fah_smem) + 1023u) & ~1023u;  // the swizzle repeats every 1024 bytes
+    const uint32_t kv_s = q_s + Q_BYTES;  // stage st: K at kv_s + 2 st KV_BYTES, V after it
+
+    const int C = H * HS;
+    const int bh = blockIdx.y, b = bh / H, h = bh % H;
+    const int q0 = (gridDim.x - 1 - blockIdx.x) * BM;  // heaviest blocks first
+    const size_t ld = 3 * (size_t)C;
+    const fa_bf16* qg = qkv + (size_t)b * T * ld + (size_t)h * HS;
+    const fa_bf16* kg = qg + C;
+    const fa_bf16* vg = qg + 2 * C;
+    const int wg = threadIdx.x / 128;
+    const int row_lo = q0 + wg * 64;                 // the warpgroup's first row
+    const int nkb = (min(q0 + BM, T) - 1) / BN + 1;  // causal: key tiles up to the block's last row
+    const float sl2 = scale * FA_LOG2E;
+
+    fah_load_tile<BM, HS, NT>(q_s, qg, ld, q0, T);
+#pragma unroll
+    for (int st = 0; st < STAGES - 1; st++) {  // commit group st holds tile st (group 0 also Q)
+        if (st < nkb) {
+            fah_load_tile<BN, HS, NT>(kv_s + 2 * st * KV_BYTES, kg, ld, st * BN, T);
+            fah_load_tile<BN, HS, NT>(kv_s + (2 * st + 1) * KV_BYTES, vg, ld, st * BN, T);
+        }
+        fa_cp_async_commit();
+    }
+
+    float o[HS / 2], s[BN / 2];
+#pragma unroll
+    for (int i = 0; i < HS / 2; i++) o[i] = 0.0f;
+#pragma unroll
+    for (int i = 0; i < BN / 2; i++) s[i] = 0.0f;  // overwritten by each tile's first product (accumulate = 0)
+    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f}, corr[2];
+
+    for (int kb = 0; kb < nkb; kb++) {
+        fa_cp_async_wait<STAGES - 2>();  // this thread's copies of tile kb landed
+        fence_proxy_async();             // ... visible to the tensor cores' (async proxy) reads
+        __syncthreads();                 // everyone's copies landed; stage (kb - 1) % STAGES is free
+        const int next = kb + STAGES - 1;
+        if (next < nkb) {
+            const uint32_t st = kv_s + 2 * (next % STAGES) * KV_BYTES;
+            fah_load_tile<BN, HS, NT>(st, kg, ld, next * BN, T);
+            fah_load_tile<BN, HS, NT>(st + KV_BYTES, vg, ld, next * BN, T);
+        }
+        fa_cp_async_commit();  // possibly empty: keeps one group per tile for the wait above
+
+        const int k0 = kb * BN;
+        if (k0 > row_lo + 63 || row_lo >= T) continue;  // every key is after this warpgroup's rows
+        const uint32_t k_st = kv_s + 2 * (kb % STAGES) * KV_BYTES, v_st = k_st + KV_BYTES;
+
+        wgmma_fence();
+        fah_issue_scores<HS, BM, BN>(s, q_s, k_st, wg);
+        wgmma_commit();
+        wgmma_wait<0>();
+        wgmma_pin_all(s);
+        fah_mask<BN>(s, k0, row_lo);
+        fah_softmax<BN>(s, m, l, corr, sl2);
+        fah_rescale<HS / 2>(o, corr);
+        uint32_t pa[BN / 16][4];
+#pragma unroll
+        for (int kk = 0; kk < BN / 16; kk++) wgmma_a_frag(pa[kk], s, kk);
+        wgmma_fence();
+        fah_issue_pv<HS, BN>(o, pa, v_st);
+        wgmma_commit();
+        wgmma_wait<0>();
+        wgmma_pin_all(o);
+    }
+    fa_cp_async_wait<0>();
+    if (row_lo < T) fah_store<HS>(out, lse, o, m, l, b, bh, h, row_lo, T, C, scale);
+#else
+    (void)out, (void)lse, (void)qkv, (void)T, (void)H, (void)scale;
+    __trap();
+#endif
+}
+
+// The pipelined version (FlashAttention-3's intra-warpgroup overlap): while the tensor cores run
+// O += P_kb V_kb, the warpgroup already has S_kb+1 = Q K_kb+1^T in flight and exponentiates it as
+// soon as it lands; only the rescale of O waits for the P V product. QREG: Q is read into registers
+// once (ldmatrix) and S = Q K^T takes it from there, so each tile reads only K and V from shared
+// memory (else Q is re-read by the tensor cores every tile). Two score tiles are live, so
+// K/V tile kb+1 must be resident while tile kb is still read: STAGES >= 3, tiles loaded STAGES - 1
+// ahead of the one being exponentiated. One warpgroup per block, and no wgmma under a branch (the
+// last tile's P V is peeled off the loop): ptxas serializes every wgmma of a kernel that issues
+// one on a path it cannot prove uniform across the warpgroup.
+template <int HS, int BN, int STAGES, bool QREG>
+__global__ void __launch_bounds__(128) fah_forward_pipelined_kernel(fa_bf16* out, float* lse, const fa_bf16* qkv, int T,
+                                                                     int H, float scale) {
+#ifdef LLMC_WGMMA
+    static_assert(HS % 64 == 0 && BN % 64 == 0 && STAGES >= 3, "64-column panels, 64-key multiples, 3 stages");
+    constexpr int BM = 64, NT = 128;
+    constexpr uint32_t Q_BYTES = BM * HS * 2, KV_BYTES = BN * HS * 2;
+    extern __shared__ __align__(16) unsigned char fah_smem[];
+    const uint32_t q_s = (wgmma_smem_u32(fah_smem) + 1023u) & ~1023u;
+    const uint32_t kv_s = q_s + Q_BYTES;
+
+    const int C = H * HS;
+    const int bh = blockIdx.y, b = bh / H, h = bh % H;
+    const int q0 = (gridDim.x - 1 - blockIdx.x) * BM;
+    const size_t ld = 3 * (size_t)C;
+    const fa_bf16* qg = qkv + (size_t)b * T * ld + (size_t)h * HS;
+    const fa_bf16* kg = qg + C;
+    const fa_bf16* vg = qg + 2 * C;
+    const int nkb = (min(q0 + BM, T) - 1) / BN + 1;
+    const float sl2 = scale * FA_LOG2E;
+    auto k_stage = [&](int tile) { return kv_s + 2 * (tile % STAGES) * KV_BYTES; };
+    auto load_kv = [&](int tile) {
+        fah_load_tile<BN, HS, NT>(k_stage(tile), kg, ld, tile * BN, T);
+        fah_load_tile<BN, HS, NT>(k_stage(tile) + KV_BYTES, vg, ld, tile * BN, T);
+    };
+
+    fah_load_tile<BM, HS, NT>(q_s, qg, ld, q0, T);
+#pragma unroll
+    for (int tile = 0; tile < STAGES - 1; tile++) {  // commit group `tile` (group 0 also holds Q)
+        if (tile < nkb) load_kv(tile);
+        fa_cp_async_commit();
+    }
+
+    float o[HS / 2], s[BN / 2];
+#pragma unroll
+    for (int i = 0; i < HS / 2; i++) o[i] = 0.0f;
+#pragma unroll
+    for (int i = 0; i < BN / 2; i++) s[i] = 0.0f;
+    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f}, corr[2];
+    uint32_t pa[BN / 16][4];  // P of the tile whose P V product is next
+
+    // tile 0: S_0, softmax -> P_0
+    fa_cp_async_wait<STAGES - 2>();
+    fence_proxy_async();
+    __syncthreads();
+    uint32_t qf[QREG ? HS / 16 : 1][4];
+    if constexpr (QREG) {
+#pragma unroll
+        for (int kk = 0; kk < HS / 16; kk++) wgmma_a_frag_smem(qf[kk], q_s + (kk / 4) * BM * 128, kk);
+    }
+    auto issue_scores = [&](uint32_t k_st) {
+        if constexpr (QREG) fah_issue_scores_qreg<HS, BN>(s, qf, k_st);
+        else fah_issue_scores<HS, BM, BN>(s, q_s, k_st, 0);
+    };
+    wgmma_fence();
+    issue_scores(k_stage(0));
+    wgmma_commit();
+    wgmma_wait<0>();
+    wgmma_pin_all(s);
+    fah_mask<BN>(s, 0, q0);
+    fah_softmax<BN>(s, m, l, corr, sl2);
+#pragma unroll
+    for (int kk = 0; kk < BN / 16; kk++) wgmma_a_frag(pa[kk], s, kk);
+
+    for (int kb = 0; kb + 1 < nkb; kb++) {
+        // tile kb + 1 must be visible; the stage of tile kb - 1 (its P V waited for) is free
+        fa_cp_async_wait<STAGES - 3>();
+        fence_proxy_async();
+        __syncthreads();
+        if (kb + STAGES - 1 < nkb) load_kv(kb + STAGES - 1);
+        fa_cp_async_commit();
+
+        wgmma_fence();
+        issue_scores(k_stage(kb + 1));
+        wgmma_commit();
+        fah_issue_pv<HS, BN>(o, pa, k_stage(kb) + KV_BYTES);
+        wgmma_commit();
+        wgmma_wait<1>();  // S_kb+1 landed; P_kb V_kb may still run
+        wgmma_pin_all(s);
+        fah_mask<BN>(s, (kb + 1) * BN, q0);
+        fah_softmax<BN>(s, m, l, corr, sl2);
+        wgmma_wait<0>();
+        wgmma_pin_all(o);
+        fah_rescale<HS / 2>(o, corr);
+#pragma unroll
+        for (int kk = 0; kk < BN / 16; kk++) wgmma_a_frag(pa[kk], s, kk);
+    }
+    wgmma_fence();
+    fah_issue_pv<HS, BN>(o, pa, k_stage(nkb - 1) + KV_BYTES);
+    wgmma_commit();
+    wgmma_wait<0>();
+    wgmma_pin_all(o);
+    fa_cp_async_wait<0>();
+    fah_store<HS>(out, lse, o, m, l, b, bh, h, q0, T, C, scale);
+#else
+    (void)out, (void)lse, (void)qkv, (void)T, (void)H, (void)scale;
+    __trap();
+#endif
+}
+
+template <int HS, int NWG, int BN, int STAGES, bool PIPELINED, bool QREG = false>
+static void fah_forward(fa_bf16* out, float* lse, const fa_bf16* qkv, int B, int T, int H, cudaStream_t stream) {
+    void (*kernel)(fa_bf16*, float*, const fa_bf16*, int, int, float);
+    if constexpr (PIPELINED) {
+        static_assert(NWG == 1, "the pipelined kernel runs one warpgroup per block");
+        kernel = fah_forward_pipelined_kernel<HS, BN, STAGES, QREG>;
+    } else {
+        kernel = fah_forward_kernel<HS, NWG, BN, STAGES>;
+    }
+    const size_t smem = fah_forward_smem<HS, NWG, BN, STAGES>();
+    cudaCheck(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    dim3 grid(ceil_div(T, 64 * NWG), B * H);
+    kernel<<<grid, NWG * 128, smem, stream>>>(out, lse, qkv, T, H, 1.0f / sqrtf((float)HS));
+    cudaCheckLast();
+}
+
+// The production configuration per head size, chosen by timing in dev/cuda/attention.cu (H200,
+// B*H = 768, T = 1024, causal): the pipelined kernel with 64-key tiles; 4 stages at HS = 64, 3 at
+// HS = 128 (4 stages of 128-wide tiles leave room for one block per SM).
+template <int HS>
+struct FahFwdConfig {
+    static constexpr int BN = 64, STAGES = HS == 64 ? 4 : 3;
+};
+
+template <int HS>
+static void fah_forward_hs(fa_bf16* out, float* lse, const fa_bf16* qkv, int B, int T, int H, cudaStream_t stream) {
+    fah_forward<HS, 1, FahFwdConfig<HS>::BN, FahFwdConfig<HS>::STAGES, true>(out, lse, qkv, B, T, H, stream);
+}
+
+#endif  // LLMC_ATTENTION_HOPPER_CUH
