@@ -977,24 +977,44 @@ static void fah_backward_hs(fa_bf16* dqkv, float* delta, const fa_bf16* dout, co
 
 static int attention_head_size_supported(int hs) { return hs == 16 || hs == 32 || hs == 64 || hs == 128; }
 
-// out (B, T, C), lse (B, H, T) from qkv (B, T, 3C). The bf16 build runs the flash kernels (the
-// Hopper ones where attention_use_hopper says so), the fp32 build the simple ones.
-static void attention_forward(floatX* out, float* lse, const floatX* qkv, int B, int T, int C, int H,
-                              cudaStream_t stream) {
-#ifdef LLMC_FP32
-    attention_forward_simple(out, lse, qkv, B, T, C, H, stream);
-#else
-    if (attention_use_hopper(C / H)) {
-        if (C / H == 64) fah_forward_hs<64>(out, lse, qkv, B, T, H, stream);
-        else fah_forward_hs<128>(out, lse, qkv, B, T, H, stream);
-        return;
-    }
+// The mma.sync flash kernels in their production configuration (FaConfig) for any supported head
+// size: what the engine runs without sm_90a code and at head sizes 16 and 32.
+static void attention_forward_flash(fa_bf16* out, float* lse, const fa_bf16* qkv, int B, int T, int C, int H,
+                                    cudaStream_t stream) {
     switch (C / H) {
         case 16: fa_forward_hs<16>(out, lse, qkv, B, T, H, stream); break;
         case 32: fa_forward_hs<32>(out, lse, qkv, B, T, H, stream); break;
         case 64: fa_forward_hs<64>(out, lse, qkv, B, T, H, stream); break;
         case 128: fa_forward_hs<128>(out, lse, qkv, B, T, H, stream); break;
         default: fprintf(stderr, "attention: head size %d not supported (16, 32, 64, 128)\n", C / H); exit(1);
+    }
+}
+
+static void attention_backward_flash(fa_bf16* dqkv, float* delta, const fa_bf16* dout, const fa_bf16* out,
+                                     const fa_bf16* qkv, const float* lse, int B, int T, int C, int H,
+                                     cudaStream_t stream) {
+    switch (C / H) {
+        case 16: fa_backward_hs<16>(dqkv, delta, dout, out, qkv, lse, B, T, H, stream); break;
+        case 32: fa_backward_hs<32>(dqkv, delta, dout, out, qkv, lse, B, T, H, stream); break;
+        case 64: fa_backward_hs<64>(dqkv, delta, dout, out, qkv, lse, B, T, H, stream); break;
+        case 128: fa_backward_hs<128>(dqkv, delta, dout, out, qkv, lse, B, T, H, stream); break;
+        default: fprintf(stderr, "attention: head size %d not supported (16, 32, 64, 128)\n", C / H); exit(1);
+    }
+}
+
+// out (B, T, C), lse (B, H, T) from qkv (B, T, 3C). The bf16 build runs the Hopper kernels where
+// attention_use_hopper says so, else the flash kernels; the fp32 build the simple ones.
+static void attention_forward(floatX* out, float* lse, const floatX* qkv, int B, int T, int C, int H,
+                              cudaStream_t stream) {
+#ifdef LLMC_FP32
+    attention_forward_simple(out, lse, qkv, B, T, C, H, stream);
+#else
+    if (!attention_use_hopper(C / H)) {
+        attention_forward_flash(out, lse, qkv, B, T, C, H, stream);
+    } else if (C / H == 64) {
+        fah_forward_hs<64>(out, lse, qkv, B, T, H, stream);
+    } else {
+        fah_forward_hs<128>(out, lse, qkv, B, T, H, stream);
     }
 #endif
 }
@@ -1005,17 +1025,12 @@ static void attention_backward(floatX* dqkv, float* delta, const floatX* dout, c
 #ifdef LLMC_FP32
     attention_backward_simple(dqkv, delta, dout, out, qkv, lse, B, T, C, H, stream);
 #else
-    if (attention_use_hopper(C / H)) {
-        if (C / H == 64) fah_backward_hs<64>(dqkv, delta, dout, out, qkv, lse, B, T, H, stream);
-        else fah_backward_hs<128>(dqkv, delta, dout, out, qkv, lse, B, T, H, stream);
-        return;
-    }
-    switch (C / H) {
-        case 16: fa_backward_hs<16>(dqkv, delta, dout, out, qkv, lse, B, T, H, stream); break;
-        case 32: fa_backward_hs<32>(dqkv, delta, dout, out, qkv, lse, B, T, H, stream); break;
-        case 64: fa_backward_hs<64>(dqkv, delta, dout, out, qkv, lse, B, T, H, stream); break;
-        case 128: fa_backward_hs<128>(dqkv, delta, dout, out, qkv, lse, B, T, H, stream); break;
-        default: fprintf(stderr, "attention: head size %d not supported (16, 32, 64, 128)\n", C / H); exit(1);
+    if (!attention_use_hopper(C / H)) {
+        attention_backward_flash(dqkv, delta, dout, out, qkv, lse, B, T, C, H, stream);
+    } else if (C / H == 64) {
+        fah_backward_hs<64>(dqkv, delta, dout, out, qkv, lse, B, T, H, stream);
+    } else {
+        fah_backward_hs<128>(dqkv, delta, dout, out, qkv, lse, B, T, H, stream);
     }
 #endif
 }

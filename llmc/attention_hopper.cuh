@@ -80,14 +80,17 @@ static constexpr size_t fah_forward_smem() {
 // The steps of one key tile for one warpgroup (64 query rows, first row row_lo), shared by both
 // forward kernels. q_s: the block's Q tile (BM rows); k_st / v_st: the stage holding the key tile.
 
-// issues S = Q K^T (64 x BN) as HS / 16 wgmmas; the caller commits and waits
-template <int HS, int BM, int BN>
-__device__ __forceinline__ void fah_issue_scores(float (&s)[BN / 2], uint32_t q_s, uint32_t k_st, int wg) {
+// Issues acc (64 x N) = A B^T as HS / 16 wgmmas over the head dimension (the caller commits and
+// waits): A = the 64 rows of warpgroup wg in a tile of AROWS rows at shared address a_s, B = the N
+// rows of the tile at b_s, both HS wide and K-major. S = Q K^T here; S^T = K Q^T, dP^T = V dO^T,
+// S = Q K^T and dP = dO V^T in the backward.
+template <int HS, int AROWS, int N>
+__device__ __forceinline__ void fah_issue_abt(float (&acc)[N / 2], uint32_t a_s, uint32_t b_s, int wg) {
 #pragma unroll
     for (int kk = 0; kk < HS / 16; kk++) {
-        const uint32_t qa = q_s + (kk / 4) * BM * 128 + wg * 64 * 128 + (kk % 4) * 32;
-        const uint32_t ka = k_st + (kk / 4) * BN * 128 + (kk % 4) * 32;
-        wgmma_ss<BN>(s, wgmma_desc_kmajor(qa), wgmma_desc_kmajor(ka), kk > 0);
+        const uint32_t a = a_s + (kk / 4) * AROWS * 128 + wg * 64 * 128 + (kk % 4) * 32;
+        const uint32_t b = b_s + (kk / 4) * N * 128 + (kk % 4) * 32;
+        wgmma_ss<N>(acc, wgmma_desc_kmajor(a), wgmma_desc_kmajor(b), kk > 0);
     }
 }
 
@@ -243,7 +246,7 @@ __global__ void __launch_bounds__(NWG * 128) fah_forward_kernel(fa_bf16* out, fl
         const uint32_t k_st = kv_s + 2 * (kb % STAGES) * KV_BYTES, v_st = k_st + KV_BYTES;
 
         wgmma_fence();
-        fah_issue_scores<HS, BM, BN>(s, q_s, k_st, wg);
+        fah_issue_abt<HS, BM, BN>(s, q_s, k_st, wg);
         wgmma_commit();
         wgmma_wait<0>();
         wgmma_pin_all(s);
@@ -328,7 +331,7 @@ __global__ void __launch_bounds__(128) fah_forward_pipelined_kernel(fa_bf16* out
     }
     auto issue_scores = [&](uint32_t k_st) {
         if constexpr (QREG) fah_issue_scores_qreg<HS, BN>(s, qf, k_st);
-        else fah_issue_scores<HS, BM, BN>(s, q_s, k_st, 0);
+        else fah_issue_abt<HS, BM, BN>(s, q_s, k_st, 0);
     };
     wgmma_fence();
     issue_scores(k_stage(0));

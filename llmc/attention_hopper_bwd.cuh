@@ -171,19 +171,9 @@ __global__ void __launch_bounds__(CFG::NWG * 128, CFG::MINB)
 
         // S^T = K Q^T and dP^T = V dO^T (64 keys x BQ queries per warpgroup), two commit groups
         wgmma_fence();
-#pragma unroll
-        for (int kk = 0; kk < HS / 16; kk++) {
-            const uint32_t ka = k_s + (kk / 4) * BKEYS * 128 + wg * 64 * 128 + (kk % 4) * 32;
-            const uint32_t qb = q_st + (kk / 4) * BQ * 128 + (kk % 4) * 32;
-            wgmma_ss<BQ>(s, wgmma_desc_kmajor(ka), wgmma_desc_kmajor(qb), kk > 0);
-        }
+        fah_issue_abt<HS, BKEYS, BQ>(s, k_s, q_st, wg);
         wgmma_commit();
-#pragma unroll
-        for (int kk = 0; kk < HS / 16; kk++) {
-            const uint32_t va = v_s + (kk / 4) * BKEYS * 128 + wg * 64 * 128 + (kk % 4) * 32;
-            const uint32_t dob = do_st + (kk / 4) * BQ * 128 + (kk % 4) * 32;
-            wgmma_ss<BQ>(dp, wgmma_desc_kmajor(va), wgmma_desc_kmajor(dob), kk > 0);
-        }
+        fah_issue_abt<HS, BKEYS, BQ>(dp, v_s, do_st, wg);
         wgmma_commit();
         wgmma_wait<1>();  // S^T (and the last tile's products) done, dP^T may still run
         wgmma_pin_all(s);
@@ -353,19 +343,9 @@ __global__ void __launch_bounds__(CFG::NWG * 128, CFG::MINB)
 
         // S = Q K^T and dP = dO V^T (64 rows x BK keys per warpgroup), two commit groups
         wgmma_fence();
-#pragma unroll
-        for (int kk = 0; kk < HS / 16; kk++) {
-            const uint32_t qa = q_s + (kk / 4) * BM * 128 + wg * 64 * 128 + (kk % 4) * 32;
-            const uint32_t kb_ = k_st + (kk / 4) * BK * 128 + (kk % 4) * 32;
-            wgmma_ss<BK>(s, wgmma_desc_kmajor(qa), wgmma_desc_kmajor(kb_), kk > 0);
-        }
+        fah_issue_abt<HS, BM, BK>(s, q_s, k_st, wg);
         wgmma_commit();
-#pragma unroll
-        for (int kk = 0; kk < HS / 16; kk++) {
-            const uint32_t da_ = do_s + (kk / 4) * BM * 128 + wg * 64 * 128 + (kk % 4) * 32;
-            const uint32_t vb = v_st + (kk / 4) * BK * 128 + (kk % 4) * 32;
-            wgmma_ss<BK>(dp, wgmma_desc_kmajor(da_), wgmma_desc_kmajor(vb), kk > 0);
-        }
+        fah_issue_abt<HS, BM, BK>(dp, do_s, v_st, wg);
         wgmma_commit();
         wgmma_wait<1>();  // S (and the last tile's dQ product) done, dP may still run
         wgmma_pin_all(s);

@@ -124,29 +124,6 @@ static void flash_bwd(bf16* dqkv, float* delta, const bf16* dout, const bf16* ou
     }
 }
 
-// the mma.sync flash kernels in their production configuration (FaConfig<HS>): what the engine
-// runs without sm_90a code, and for head sizes 16 and 32
-static void mma_fwd(bf16* out, float* lse, const bf16* qkv, int B, int T, int C, int H, cudaStream_t s) {
-    switch (C / H) {
-        case 16: fa_forward_hs<16>(out, lse, qkv, B, T, H, s); break;
-        case 32: fa_forward_hs<32>(out, lse, qkv, B, T, H, s); break;
-        case 64: fa_forward_hs<64>(out, lse, qkv, B, T, H, s); break;
-        case 128: fa_forward_hs<128>(out, lse, qkv, B, T, H, s); break;
-        default: fprintf(stderr, "mma_fwd: head size %d not supported\n", C / H); exit(1);
-    }
-}
-
-static void mma_bwd(bf16* dqkv, float* delta, const bf16* dout, const bf16* out, const bf16* qkv, const float* lse,
-                    int B, int T, int C, int H, cudaStream_t s) {
-    switch (C / H) {
-        case 16: fa_backward_hs<16>(dqkv, delta, dout, out, qkv, lse, B, T, H, s); break;
-        case 32: fa_backward_hs<32>(dqkv, delta, dout, out, qkv, lse, B, T, H, s); break;
-        case 64: fa_backward_hs<64>(dqkv, delta, dout, out, qkv, lse, B, T, H, s); break;
-        case 128: fa_backward_hs<128>(dqkv, delta, dout, out, qkv, lse, B, T, H, s); break;
-        default: fprintf(stderr, "mma_bwd: head size %d not supported\n", C / H); exit(1);
-    }
-}
-
 // the wgmma forward (llmc/attention_hopper.cuh): NWG warpgroups of 64 query rows, BN-key tiles,
 // STAGES shared-memory stages; at HS = 128 the key tiles are halved (registers)
 template <int NWG, int BN, int STAGES, bool PIPELINED, bool QREG = false>
@@ -196,11 +173,11 @@ struct Version {
 static const Version versions[] = {
     {"simple (phase 1)", attention_forward_simple, attention_backward_simple, true, 5, false},
     {"production (engine)", attention_forward, attention_backward, true, 20, false},
-    {"flash mma.sync (FaConfig)", mma_fwd, mma_bwd, true, 20, false},
+    {"flash mma.sync (FaConfig)", attention_forward_flash, attention_backward_flash, true, 20, false},
     {"flash 4w x 1mt everywhere", flash_fwd<FaCfg<4, 1, 64>>, flash_bwd<FaCfg<4, 1, 64>, FaCfg<4, 1, 64>>, false, 20, false},
-    {"fwd 8w x 2mt, 64-key tiles", flash_fwd<FaCfg<8, 2, 64>>, mma_bwd, false, 20, false},
-    {"dkdv 8w x 2mt, 32-q tiles", mma_fwd, flash_bwd<FaCfg<8, 2, 32>, FaConfig<64>::Dq>, false, 20, false},
-    {"dq 8w x 2mt, 64-key tiles", mma_fwd, flash_bwd<FaConfig<64>::Dkdv, FaCfg<8, 2, 64>>, false, 20, false},
+    {"fwd 8w x 2mt, 64-key tiles", flash_fwd<FaCfg<8, 2, 64>>, attention_backward_flash, false, 20, false},
+    {"dkdv 8w x 2mt, 32-q tiles", attention_forward_flash, flash_bwd<FaCfg<8, 2, 32>, FaConfig<64>::Dq>, false, 20, false},
+    {"dq 8w x 2mt, 64-key tiles", attention_forward_flash, flash_bwd<FaConfig<64>::Dkdv, FaCfg<8, 2, 64>>, false, 20, false},
     {"wgmma fwd 2wg 128k 2st", hopper_fwd<2, 128, 2, false>, attention_backward, false, 20, true},
     {"wgmma fwd 1wg 128k 2st", hopper_fwd<1, 128, 2, false>, attention_backward, false, 20, true},
     {"wgmma fwd 1wg 64k 2st", hopper_fwd<1, 64, 2, false>, attention_backward, false, 20, true},
