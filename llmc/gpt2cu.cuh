@@ -62,7 +62,8 @@ static const char* gpt2cu_attention_backend(void) {
 #elif defined(LLMC_FP32)
     return "llmc simple kernels (fp32, llmc/attention.cuh)";
 #else
-    return "llmc flash kernels (llmc/attention.cuh)";
+    return wgmma_compiled() ? "llmc wgmma flash kernels (sm_90a, llmc/attention_hopper*.cuh; mma.sync at HS 16, 32)"
+                            : "llmc mma.sync flash kernels (llmc/attention.cuh; no sm_90a code for this GPU)";
 #endif
 }
 
