@@ -35,7 +35,9 @@ GPT-2 124M shapes (B*H = 768, T = 1024, HS = 64; dev/cuda/attention.cu, 2026-11-
 mma.sync flash kernels 0.43 ms; here 2 warpgroups a block 0.47 ms (they wait for each other at
 every tile), 1 warpgroup 0.37 ms (three independent blocks interleave on a multiprocessor),
 pipelined with 64-key tiles and 4 stages 0.357 ms, the production choice (FahFwdConfig); cuDNN
-0.33-0.34 ms in the same runs. At T = 4096: 1.21 ms against cuDNN's 0.96, and at HS = 128
+0.33-0.34 ms in the same runs. Tried and dropped: a quarter or half of the softmax's exponentials
+from a degree-3 polynomial on the FMA pipe instead of the MUFU unit (fused_classifier.cuh's
+cls4_ex2_poly): 0.427 / 0.507 ms, so this kernel is bound by instruction issue, not by MUFU. At T = 4096: 1.21 ms against cuDNN's 0.96, and at HS = 128
 (B*H = 384, T = 1024) 0.35 against 0.23: cuDNN's lead grows with the work per block, which
 points at what these kernels lack (TMA loads by a producer warp instead of every thread's
 cp.async, and two consumer warpgroups taking turns on the tensor cores).

@@ -49,8 +49,10 @@ Versions (a course from the scalar loop to Hopper's warpgroup tensor cores):
        branch and ptxas serialized every wgmma of the kernel, C7520: 0.45-0.53 ms.)
     12 pipe 64k 3st: the pipelined kernel with 64-key tiles (126 registers); with 4 stages it is
        production's forward (FahFwdConfig<64>): 0.357 ms against cuDNN's 0.330-0.340
-    13 pipe 64k 4st qreg: Q read into registers once (ldmatrix), S = Q K^T from there: the same
-       time at T = 1024, 1-2% faster at T >= 2048
+    13 pipe 64k 4st qreg: Q read into registers once (ldmatrix), S = Q K^T from there: 0-1.5%
+       faster than production's forward in three runs (within run-to-run spread at T = 1024)
+       (Dropped after one run, 2026-11-24: exponentials partly from a polynomial on the FMA pipe,
+       1/4 or 1/2 of them: 0.427 / 0.507 ms against 0.355, the kernel is issue-bound.)
     14-17 the wgmma backward (llmc/attention_hopper_bwd.cuh, sm_90a), each with the production
        forward: a dk,dv kernel ("kv": one warpgroup of 64 keys per block, 64-query tiles streamed)
        and a dq kernel ("q": warpgroups of 64 rows, 64-key tiles streamed), P and dS fed to the
