@@ -28,23 +28,29 @@ Shared-memory layout: tiles of 64-column panels with the 128-byte swizzle (llmc/
 (BM rows) then STAGES x (K tile, V tile) of BN rows each. Any T >= 1: rows past T are zero-filled
 on load and never written.
 
-Two kernels: fah_forward_kernel, one product after the other (any number of warpgroups a block),
-and fah_forward_pipelined_kernel (one warpgroup a block), which overlaps the exponentials of one
-tile with the P V product of the one before, as FlashAttention-3 does. Measured on an H200 at
+Three kernels: fah_forward_kernel, one product after the other (any number of warpgroups a
+block); fah_forward_pipelined_kernel (one warpgroup a block), which overlaps the exponentials of
+one tile with the P V product of the one before, as FlashAttention-3 does; and
+fah_forward_tma_kernel, the pipelined one with its tiles copied by the Tensor Memory Accelerator
+(one thread issues a bulk tensor copy per 64-column panel, a per-stage mbarrier counts the bytes
+in), which takes the copies' instructions off the warpgroup: the production kernel at HS = 64. Measured on an H200 at
 GPT-2 124M shapes (B*H = 768, T = 1024, HS = 64; dev/cuda/attention.cu, 2026-11-24), forward:
 mma.sync flash kernels 0.43 ms; here 2 warpgroups a block 0.47 ms (they wait for each other at
 every tile), 1 warpgroup 0.37 ms (three independent blocks interleave on a multiprocessor),
-pipelined with 64-key tiles and 4 stages 0.357 ms, the production choice (FahFwdConfig); cuDNN
-0.33-0.34 ms in the same runs. Tried and dropped: a quarter or half of the softmax's exponentials
+pipelined with 64-key tiles and 4 stages 0.357 ms, the same with TMA copies 0.310-0.321 ms, the
+production choice (FahFwdConfig); cuDNN 0.33-0.34 ms in the same runs. Tried and dropped: a quarter or half of the softmax's exponentials
 from a degree-3 polynomial on the FMA pipe instead of the MUFU unit (fused_classifier.cuh's
-cls4_ex2_poly): 0.427 / 0.507 ms, so this kernel is bound by instruction issue, not by MUFU. At T = 4096: 1.21 ms against cuDNN's 0.96, and at HS = 128
-(B*H = 384, T = 1024) 0.35 against 0.23: cuDNN's lead grows with the work per block, which
-points at what these kernels lack (TMA loads by a producer warp instead of every thread's
-cp.async, and two consumer warpgroups taking turns on the tensor cores).
+cls4_ex2_poly): 0.427 / 0.507 ms, so this kernel is bound by instruction issue, not by MUFU. At T = 4096 (TMA): 1.04 ms against cuDNN's 0.94, and at HS = 128
+(B*H = 384, T = 1024, cp.async) 0.35 against 0.23: what these kernels still lack is two consumer
+warpgroups taking turns on the tensor cores behind a producer warp (FlashAttention-3's ping-pong),
+which HS = 128 needs for its registers.
 */
 // llmc/attention.cuh includes this file (after its own kernels, before the dispatchers that pick
 // these kernels when the program carries sm_90a code); the include guard comes after that include
 // so that either header may be included first.
+#include <cuda.h>          // CUtensorMap (the TMA kernel)
+#include <cudaTypedefs.h>  // PFN_cuTensorMapEncodeTiled: reached through the runtime, no libcuda link
+
 #include "llmc/attention.cuh"
 #include "llmc/wgmma.cuh"
 
@@ -397,17 +403,195 @@ static void fah_forward(fa_bf16* out, float* lse, const fa_bf16* qkv, int B, int
     cudaCheckLast();
 }
 
+// ---------------------------------------------------------------------------------------------
+// The pipelined kernel with its tiles brought in by the Tensor Memory Accelerator (TMA): one thread
+// issues one bulk copy per 64-column panel of a tile (cp.async.bulk.tensor, which writes the
+// 128-byte-swizzled layout wgmma reads) and the copies signal a per-stage mbarrier with their byte
+// count; the other threads only wait on it. So no thread spends instructions on addresses,
+// cp.async, or the proxy fence per tile. qkv is seen as a 2-D tensor (B T rows, 3C columns): tile
+// rows past a sequence's T read the next sequence's rows (finite values that the causal mask
+// zeroes: their keys are after every valid query) or, past the tensor, zeros.
+
+__device__ __forceinline__ void fah_mbar_init(uint32_t bar, int count) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count));
+}
+__device__ __forceinline__ void fah_mbar_expect_tx(uint32_t bar, uint32_t bytes) {
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void fah_mbar_wait(uint32_t bar, int parity) {
+    asm volatile(
+        "{\n.reg .pred done;\nwait_again:\n"
+        "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
+        "@!done bra wait_again;\n}\n" ::"r"(bar),
+        "r"(parity)
+        : "memory");
+}
+// box (64 columns x the map's rows) at (column c0, row c1) of the tensor behind map -> dst
+__device__ __forceinline__ void fah_tma_load(uint32_t dst, const CUtensorMap* map, int c0, int c1, uint32_t bar) {
+    asm volatile(
+        "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];\n" ::"r"(
+            dst),
+        "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(bar)
+        : "memory");
+}
+
+template <int HS, int BN, int STAGES>
+__global__ void __launch_bounds__(128) fah_forward_tma_kernel(fa_bf16* out, float* lse,
+                                                               const __grid_constant__ CUtensorMap map_q,
+                                                               const __grid_constant__ CUtensorMap map_kv, int T, int H,
+                                                               float scale) {
+#ifdef LLMC_WGMMA
+    static_assert(HS % 64 == 0 && BN % 64 == 0 && STAGES >= 3, "64-column panels, 64-key multiples, 3 stages");
+    constexpr int BM = 64;
+    constexpr uint32_t Q_BYTES = BM * HS * 2, KV_BYTES = BN * HS * 2;
+    extern __shared__ __align__(16) unsigned char fah_smem[];
+    __shared__ __align__(8) uint64_t bars[STAGES + 1];  // one per stage, then Q's
+    const uint32_t q_s = (wgmma_smem_u32(fah_smem) + 1023u) & ~1023u;
+    const uint32_t kv_s = q_s + Q_BYTES;
+    const uint32_t bar0 = wgmma_smem_u32(bars), q_bar = bar0 + 8 * STAGES;
+
+    const int C = H * HS;
+    const int bh = blockIdx.y, b = bh / H, h = bh % H;
+    const int q0 = (gridDim.x - 1 - blockIdx.x) * BM;
+    const int nkb = (min(q0 + BM, T) - 1) / BN + 1;
+    const float sl2 = scale * FA_LOG2E;
+    const bool producer = threadIdx.x == 0;
+    auto k_stage = [&](int tile) { return kv_s + 2 * (tile % STAGES) * KV_BYTES; };
+    auto load_kv = [&](int tile) {  // producer only
+        const uint32_t bar = bar0 + 8 * (tile % STAGES);
+        fah_mbar_expect_tx(bar, 2 * KV_BYTES);
+#pragma unroll
+        for (int p = 0; p < HS / 64; p++) {
+            fah_tma_load(k_stage(tile) + p * BN * 128, &map_kv, C + h * HS + p * 64, b * T + tile * BN, bar);
+            fah_tma_load(k_stage(tile) + KV_BYTES + p * BN * 128, &map_kv, 2 * C + h * HS + p * 64, b * T + tile * BN,
+                         bar);
+        }
+    };
+
+    if (producer) {
+#pragma unroll
+        for (int st = 0; st <= STAGES; st++) fah_mbar_init(bar0 + 8 * st, 1);
+        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+    }
+    __syncthreads();
+    if (producer) {
+        fah_mbar_expect_tx(q_bar, Q_BYTES);
+#pragma unroll
+        for (int p = 0; p < HS / 64; p++) fah_tma_load(q_s + p * BM * 128, &map_q, h * HS + p * 64, b * T + q0, q_bar);
+        for (int tile = 0; tile < STAGES - 1 && tile < nkb; tile++) load_kv(tile);
+    }
+
+    float o[HS / 2], s[BN / 2];
+#pragma unroll
+    for (int i = 0; i < HS / 2; i++) o[i] = 0.0f;
+#pragma unroll
+    for (int i = 0; i < BN / 2; i++) s[i] = 0.0f;
+    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f}, corr[2];
+    uint32_t pa[BN / 16][4];
+
+    fah_mbar_wait(q_bar, 0);
+    fah_mbar_wait(bar0, 0);
+    wgmma_fence();
+    fah_issue_abt<HS, BM, BN>(s, q_s, k_stage(0), 0);
+    wgmma_commit();
+    wgmma_wait<0>();
+    wgmma_pin_all(s);
+    fah_mask<BN>(s, 0, q0);
+    fah_softmax<BN>(s, m, l, corr, sl2);
+#pragma unroll
+    for (int kk = 0; kk < BN / 16; kk++) wgmma_a_frag(pa[kk], s, kk);
+
+    for (int kb = 0; kb + 1 < nkb; kb++) {
+        fah_mbar_wait(bar0 + 8 * ((kb + 1) % STAGES), ((kb + 1) / STAGES) & 1);  // tile kb + 1 landed
+        __syncthreads();  // every thread is done with the stage of tile kb - 1: refill it
+        if (producer && kb + STAGES - 1 < nkb) load_kv(kb + STAGES - 1);
+
+        wgmma_fence();
+        fah_issue_abt<HS, BM, BN>(s, q_s, k_stage(kb + 1), 0);
+        wgmma_commit();
+        fah_issue_pv<HS, BN>(o, pa, k_stage(kb) + KV_BYTES);
+        wgmma_commit();
+        wgmma_wait<1>();
+        wgmma_pin_all(s);
+        fah_mask<BN>(s, (kb + 1) * BN, q0);
+        fah_softmax<BN>(s, m, l, corr, sl2);
+        wgmma_wait<0>();
+        wgmma_pin_all(o);
+        fah_rescale<HS / 2>(o, corr);
+#pragma unroll
+        for (int kk = 0; kk < BN / 16; kk++) wgmma_a_frag(pa[kk], s, kk);
+    }
+    wgmma_fence();
+    fah_issue_pv<HS, BN>(o, pa, k_stage(nkb - 1) + KV_BYTES);
+    wgmma_commit();
+    wgmma_wait<0>();
+    wgmma_pin_all(o);
+    fah_store<HS>(out, lse, o, m, l, b, bh, h, q0, T, C, scale);
+#else
+    (void)out, (void)lse, (void)map_q, (void)map_kv, (void)T, (void)H, (void)scale;
+    __trap();
+#endif
+}
+
+// A 2-D TMA descriptor of qkv (B T rows of 3C bf16) with 64-column x box_rows boxes, 128-byte swizzle.
+static CUtensorMap fah_qkv_map(const fa_bf16* qkv, int B, int T, int C, int box_rows) {
+    static PFN_cuTensorMapEncodeTiled_v12000 encode = NULL;
+    if (encode == NULL) {
+        cudaDriverEntryPointQueryResult found;
+        cudaCheck(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", reinterpret_cast<void**>(&encode), 12000,
+                                                   cudaEnableDefault, &found));
+        if (found != cudaDriverEntryPointSuccess || encode == NULL) {
+            fprintf(stderr, "attention: cuTensorMapEncodeTiled not found in the driver\n");
+            exit(1);
+        }
+    }
+    CUtensorMap map;
+    const cuuint64_t dims[2] = {(cuuint64_t)3 * C, (cuuint64_t)B * T};
+    const cuuint64_t strides[1] = {(cuuint64_t)3 * C * sizeof(fa_bf16)};
+    const cuuint32_t box[2] = {64, (cuuint32_t)box_rows};
+    const cuuint32_t elem_strides[2] = {1, 1};
+    const CUresult r = encode(&map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, const_cast<fa_bf16*>(qkv), dims, strides, box,
+                              elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                              CU_TENSOR_MAP_L2_PROMOTION_L2_128B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+    if (r != CUDA_SUCCESS) {
+        fprintf(stderr, "attention: cuTensorMapEncodeTiled failed (%d)\n", (int)r);
+        exit(1);
+    }
+    return map;
+}
+
+template <int HS, int BN, int STAGES>
+static void fah_forward_tma(fa_bf16* out, float* lse, const fa_bf16* qkv, int B, int T, int H, cudaStream_t stream) {
+    const size_t smem = fah_forward_smem<HS, 1, BN, STAGES>();
+    cudaCheck(cudaFuncSetAttribute(fah_forward_tma_kernel<HS, BN, STAGES>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                   (int)smem));
+    const CUtensorMap map_q = fah_qkv_map(qkv, B, T, H * HS, 64), map_kv = fah_qkv_map(qkv, B, T, H * HS, BN);
+    dim3 grid(ceil_div(T, 64), B * H);
+    fah_forward_tma_kernel<HS, BN, STAGES><<<grid, 128, smem, stream>>>(out, lse, map_q, map_kv, T, H,
+                                                                         1.0f / sqrtf((float)HS));
+    cudaCheckLast();
+}
+
 // The production configuration per head size, chosen by timing in dev/cuda/attention.cu (H200,
-// B*H = 768, T = 1024, causal): the pipelined kernel with 64-key tiles; 4 stages at HS = 64, 3 at
-// HS = 128 (4 stages of 128-wide tiles leave room for one block per SM).
+// B*H = 768, T = 1024, causal): HS = 64, the TMA kernel with 64-key tiles and 4 stages (0.310 ms;
+// the cp.async one 0.355); HS = 128, the cp.async pipelined kernel with 3 stages (0.347 ms; the TMA
+// one 0.46, not understood yet; with 128-wide tiles smem allows 2-3 blocks per SM either way).
 template <int HS>
 struct FahFwdConfig {
     static constexpr int BN = 64, STAGES = HS == 64 ? 4 : 3;
+    static constexpr bool TMA = HS == 64;
 };
 
 template <int HS>
 static void fah_forward_hs(fa_bf16* out, float* lse, const fa_bf16* qkv, int B, int T, int H, cudaStream_t stream) {
-    fah_forward<HS, 1, FahFwdConfig<HS>::BN, FahFwdConfig<HS>::STAGES, true>(out, lse, qkv, B, T, H, stream);
+    typedef FahFwdConfig<HS> Cfg;
+    // TMA wants a 16-byte-aligned base and row stride; the engine's activations always are
+    const bool tma_ok = Cfg::TMA && (uintptr_t)qkv % 16 == 0 && (3 * (size_t)H * HS * sizeof(fa_bf16)) % 16 == 0;
+    if (tma_ok) {
+        fah_forward_tma<HS, Cfg::BN, Cfg::STAGES>(out, lse, qkv, B, T, H, stream);
+    } else {
+        fah_forward<HS, 1, Cfg::BN, Cfg::STAGES, true>(out, lse, qkv, B, T, H, stream);
+    }
 }
 
 #endif  // LLMC_ATTENTION_HOPPER_CUH

@@ -11,15 +11,15 @@ Build and run (on an sm_90 GPU; the wgmma versions need sm_90a code, which the M
 CMake target add; without it they are skipped and production runs the mma.sync kernels):
     make -C dev/cuda attention && build-dev-cuda/attention          # all versions
     build-dev-cuda/attention 2                                      # one version
-With cuDNN (adds version 18; needs cuDNN 9 + cudnn-frontend, see README.md):
+With cuDNN (adds version 20; needs cuDNN 9 + cudnn-frontend, see README.md):
     cmake -B build -DLLMC_CUDNN=ON && cmake --build build --target dev_cuda_attention
     build/dev_cuda/attention
 Versions (a course from the scalar loop to Hopper's warpgroup tensor cores):
     1  simple: the phase-1 kernels (one thread per row, scalar fp32 FMAs, no tensor cores), the
        fp32 build's kernels, here in bf16
     2  production (attention_forward / attention_backward): on sm_90a the wgmma kernels (version
-       12's forward, version 15's backward but with 3 stages: FahFwdConfig, FahBwdConfig), else
-       version 3
+       17's forward at HS = 64, version 12's with 3 stages at HS = 128: FahFwdConfig; version 15's
+       backward but with 3 stages: FahBwdConfig), else version 3
     3  flash mma.sync, FaConfig<HS>: FlashAttention-2 on mma.sync m16n8k16 tensor cores, ldmatrix,
        cp.async double buffering, exp2 online softmax, causal tile skipping, dq in its own kernel
        (deterministic, no atomics). At HS <= 64 each warp owns 2 m-tiles (32 rows): forward
@@ -53,7 +53,7 @@ Versions (a course from the scalar loop to Hopper's warpgroup tensor cores):
        faster than production's forward in three runs (within run-to-run spread at T = 1024)
        (Dropped after one run, 2026-11-24: exponentials partly from a polynomial on the FMA pipe,
        1/4 or 1/2 of them: 0.427 / 0.507 ms against 0.355, the kernel is issue-bound.)
-    14-17 the wgmma backward (llmc/attention_hopper_bwd.cuh, sm_90a), each with the production
+    14-16, 19 the wgmma backward (llmc/attention_hopper_bwd.cuh, sm_90a), each with the production
        forward: a dk,dv kernel ("kv": one warpgroup of 64 keys per block, 64-query tiles streamed)
        and a dq kernel ("q": warpgroups of 64 rows, 64-key tiles streamed), P and dS fed to the
        next product from registers; "lag": a tile's last product runs on into the next tile
@@ -62,8 +62,14 @@ Versions (a course from the scalar loop to Hopper's warpgroup tensor cores):
     14 kv 2st, no lag: each tile waits for its last product: 1.40 ms (production 1.20)
     15 kv 4st lag: one more stage, the same time as 3
     16 q lag 3blk: the dq kernel with lag and 3 stages: no gain
-    17 128: q as kv: HS = 128's dq kernel with one warpgroup and lag (production uses 2, no lag)
-    18 cuDNN's fused SDPA through llmc/cudnn_attention.h, the engine's backend when built with
+    17 tma 64k 4st: version 12's pipelined kernel (4 stages) with its tiles brought in by the TMA
+       (fah_forward_tma_kernel): one thread issues a bulk tensor copy per panel, an mbarrier per
+       stage counts the bytes in; no per-thread cp.async, address math or proxy fence per tile.
+       0.310-0.321 ms at GPT-2 shapes (cuDNN 0.329-0.332, version 12 with 4 stages 0.355): faster
+       than cuDNN; at HS = 128 slower (0.46 ms), so production keeps the cp.async kernel there
+    18 tma 64k 3st: 0.319 ms
+    19 128: q as kv: HS = 128's dq kernel with one warpgroup and lag (production uses 2, no lag)
+    20 cuDNN's fused SDPA through llmc/cudnn_attention.h, the engine's backend when built with
        LLMC_CUDNN (only in such a build): the same layouts and stats, deterministic backward
        algorithm; checked and timed like the others, so ours vs cuDNN is one program's ratio. The
        first call at each shape builds cuDNN's graph; the warm-up calls absorb that.
@@ -91,7 +97,7 @@ of FlashAttention-2; our dq kernel does 2 more, which are not counted).
 #include "llmc/attention.cuh"  // defines: attention_forward/backward, the mma.sync and (via
                                 //   attention_hopper*.cuh) the wgmma kernels
 #ifdef LLMC_CUDNN
-#include "llmc/cudnn_attention.h"  // defines: cudnn_attention_forward/backward (version 18)
+#include "llmc/cudnn_attention.h"  // defines: cudnn_attention_forward/backward (version 20)
 #endif
 
 #ifdef LLMC_FP32
@@ -137,6 +143,16 @@ static void hopper_fwd(bf16* out, float* lse, const bf16* qkv, int B, int T, int
                                                                                                      H, s);
             break;
         default: fprintf(stderr, "hopper_fwd: head size %d not instantiated\n", C / H); exit(1);
+    }
+}
+
+// the TMA forward: 64-key tiles, STAGES stages (3 at HS = 128)
+template <int STAGES>
+static void hopper_fwd_tma(bf16* out, float* lse, const bf16* qkv, int B, int T, int C, int H, cudaStream_t s) {
+    switch (C / H) {
+        case 64: fah_forward_tma<64, 64, STAGES>(out, lse, qkv, B, T, H, s); break;
+        case 128: fah_forward_tma<128, 64, 3>(out, lse, qkv, B, T, H, s); break;
+        default: fprintf(stderr, "hopper_fwd_tma: head size %d not instantiated\n", C / H); exit(1);
     }
 }
 
@@ -190,6 +206,8 @@ static const Version versions[] = {
     {"wgmma bwd kv 4st lag", attention_forward, hopper_bwd<FahCfg<1, 64, 4, 1, 1>, FahCfg<1, 64, 2>>, false, 20, true},
     {"wgmma bwd q lag 3blk", attention_forward, hopper_bwd<FahCfg<1, 64, 3, 1, 1>, FahCfg<1, 64, 3, 3, 1>>, false, 20,
      true},
+    {"wgmma fwd tma 64k 4st", hopper_fwd_tma<4>, attention_backward, false, 20, true},
+    {"wgmma fwd tma 64k 3st", hopper_fwd_tma<3>, attention_backward, false, 20, true},
     {"wgmma bwd 128: q as kv", attention_forward,
      hopper_bwd<FahCfg<1, 64, 3, 1, 1>, FahCfg<1, 64, 2>, FahBwdConfig<128>::Dkdv, FahCfg<1, 64, 3, 1, 1>>, false, 20,
      true},
