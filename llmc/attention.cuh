@@ -969,12 +969,6 @@ static void fa_backward_hs(fa_bf16* dqkv, float* delta, const fa_bf16* dout, con
 
 static inline bool attention_use_hopper(int hs) { return (hs == 64 || hs == 128) && wgmma_compiled(); }
 
-template <int HS>
-static void fah_backward_hs(fa_bf16* dqkv, float* delta, const fa_bf16* dout, const fa_bf16* out, const fa_bf16* qkv,
-                            const float* lse, int B, int T, int H, cudaStream_t stream) {
-    fah_backward<HS, typename FahBwdConfig<HS>::Dkdv, typename FahBwdConfig<HS>::Dq>(dqkv, delta, dout, out, qkv, lse,
-                                                                                      B, T, H, stream);
-}
 
 static int attention_head_size_supported(int hs) { return hs == 16 || hs == 32 || hs == 64 || hs == 128; }
 

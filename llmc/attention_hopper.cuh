@@ -435,6 +435,17 @@ __device__ __forceinline__ void fah_tma_load(uint32_t dst, const CUtensorMap* ma
         : "memory");
 }
 
+// TMA copies of rows [row0, row0 + ROWS) of columns [col0, col0 + HS) of the tensor behind map (boxes
+// of 64 columns x 64 rows) into the swizzled tile at dst, signalling bar
+template <int ROWS, int HS>
+__device__ __forceinline__ void fah_tma_tile(uint32_t dst, const CUtensorMap* map, int col0, int row0, uint32_t bar) {
+#pragma unroll
+    for (int p = 0; p < HS / 64; p++)
+#pragma unroll
+        for (int rb = 0; rb < ROWS / 64; rb++)
+            fah_tma_load(dst + p * ROWS * 128 + rb * 64 * 128, map, col0 + p * 64, row0 + rb * 64, bar);
+}
+
 template <int HS, int BN, int STAGES>
 __global__ void __launch_bounds__(128) fah_forward_tma_kernel(fa_bf16* out, float* lse,
                                                                const __grid_constant__ CUtensorMap map_q,
@@ -533,8 +544,9 @@ __global__ void __launch_bounds__(128) fah_forward_tma_kernel(fa_bf16* out, floa
 #endif
 }
 
-// A 2-D TMA descriptor of qkv (B T rows of 3C bf16) with 64-column x box_rows boxes, 128-byte swizzle.
-static CUtensorMap fah_qkv_map(const fa_bf16* qkv, int B, int T, int C, int box_rows) {
+// A 2-D TMA descriptor of a row-major bf16 tensor (rows x cols, e.g. qkv: B T rows of 3C) with
+// 64-column x box_rows boxes and the 128-byte swizzle.
+static CUtensorMap fah_tensor_map(const fa_bf16* base, size_t cols, size_t rows, int box_rows) {
     static PFN_cuTensorMapEncodeTiled_v12000 encode = NULL;
     if (encode == NULL) {
         cudaDriverEntryPointQueryResult found;
@@ -546,11 +558,11 @@ static CUtensorMap fah_qkv_map(const fa_bf16* qkv, int B, int T, int C, int box_
         }
     }
     CUtensorMap map;
-    const cuuint64_t dims[2] = {(cuuint64_t)3 * C, (cuuint64_t)B * T};
-    const cuuint64_t strides[1] = {(cuuint64_t)3 * C * sizeof(fa_bf16)};
+    const cuuint64_t dims[2] = {(cuuint64_t)cols, (cuuint64_t)rows};
+    const cuuint64_t strides[1] = {(cuuint64_t)cols * sizeof(fa_bf16)};
     const cuuint32_t box[2] = {64, (cuuint32_t)box_rows};
     const cuuint32_t elem_strides[2] = {1, 1};
-    const CUresult r = encode(&map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, const_cast<fa_bf16*>(qkv), dims, strides, box,
+    const CUresult r = encode(&map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, const_cast<fa_bf16*>(base), dims, strides, box,
                               elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
                               CU_TENSOR_MAP_L2_PROMOTION_L2_128B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
     if (r != CUDA_SUCCESS) {
@@ -560,12 +572,16 @@ static CUtensorMap fah_qkv_map(const fa_bf16* qkv, int B, int T, int C, int box_
     return map;
 }
 
+// TMA needs 16-byte-aligned bases and row strides; the engine's activations always have them
+static inline bool fah_tma_aligned(const void* p, size_t row_bytes) { return (uintptr_t)p % 16 == 0 && row_bytes % 16 == 0; }
+
 template <int HS, int BN, int STAGES>
 static void fah_forward_tma(fa_bf16* out, float* lse, const fa_bf16* qkv, int B, int T, int H, cudaStream_t stream) {
     const size_t smem = fah_forward_smem<HS, 1, BN, STAGES>();
     cudaCheck(cudaFuncSetAttribute(fah_forward_tma_kernel<HS, BN, STAGES>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                    (int)smem));
-    const CUtensorMap map_q = fah_qkv_map(qkv, B, T, H * HS, 64), map_kv = fah_qkv_map(qkv, B, T, H * HS, BN);
+    const size_t cols = 3 * (size_t)H * HS, rows = (size_t)B * T;
+    const CUtensorMap map_q = fah_tensor_map(qkv, cols, rows, 64), map_kv = fah_tensor_map(qkv, cols, rows, BN);
     dim3 grid(ceil_div(T, 64), B * H);
     fah_forward_tma_kernel<HS, BN, STAGES><<<grid, 128, smem, stream>>>(out, lse, map_q, map_kv, T, H,
                                                                          1.0f / sqrtf((float)HS));
@@ -585,8 +601,7 @@ struct FahFwdConfig {
 template <int HS>
 static void fah_forward_hs(fa_bf16* out, float* lse, const fa_bf16* qkv, int B, int T, int H, cudaStream_t stream) {
     typedef FahFwdConfig<HS> Cfg;
-    // TMA wants a 16-byte-aligned base and row stride; the engine's activations always are
-    const bool tma_ok = Cfg::TMA && (uintptr_t)qkv % 16 == 0 && (3 * (size_t)H * HS * sizeof(fa_bf16)) % 16 == 0;
+    const bool tma_ok = Cfg::TMA && fah_tma_aligned(qkv, 3 * (size_t)H * HS * sizeof(fa_bf16));
     if (tma_ok) {
         fah_forward_tma<HS, Cfg::BN, Cfg::STAGES>(out, lse, qkv, B, T, H, stream);
     } else {

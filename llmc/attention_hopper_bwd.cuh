@@ -69,9 +69,15 @@ multiprocessor holds hide only part of them.
 // LAG = 1: a tile's last product (dK += dS^T Q, dQ += dS K) is not waited for at the end of the
 // tile but runs on behind the next tile's barrier and first products; the stage it reads is then
 // refilled one tile later (prefetch distance STAGES - 2 instead of STAGES - 1).
-template <int NWG_, int BT_, int STAGES_, int MINB_ = 1, int LAG_ = 0>
+// TMA = 1: the bf16 tiles come by TMA (one thread issues them, a per-stage mbarrier counts their
+// bytes in; llmc/attention_hopper.cuh's forward does the same) instead of every thread's cp.async;
+// the dk/dv kernel's fp32 lse and D rows still come by cp.async (plain shared loads read them).
+// Not yet run on a GPU (written when session 3's device time was spent; the TMA forward took
+// 0.355 -> 0.32 ms): dev/cuda/attention.cu's version 20 checks and times it, and production
+// keeps the cp.async copies until it passes there.
+template <int NWG_, int BT_, int STAGES_, int MINB_ = 1, int LAG_ = 0, int TMA_ = 0>
 struct FahCfg {
-    static constexpr int NWG = NWG_, BT = BT_, STAGES = STAGES_, MINB = MINB_, LAG = LAG_;
+    static constexpr int NWG = NWG_, BT = BT_, STAGES = STAGES_, MINB = MINB_, LAG = LAG_, TMA = TMA_;
 };
 
 // 4-byte global -> shared copy (cp.async.ca), zero-filled when !valid
@@ -93,7 +99,8 @@ static constexpr size_t fah_dkdv_smem() {
 template <int HS, class CFG>
 __global__ void __launch_bounds__(CFG::NWG * 128, CFG::MINB)
     fah_backward_dkdv_kernel(fa_bf16* dqkv, const float* delta, const fa_bf16* dout, const fa_bf16* qkv,
-                             const float* lse, int T, int H, float scale) {
+                             const float* lse, int T, int H, float scale, const __grid_constant__ CUtensorMap map_qkv,
+                             const __grid_constant__ CUtensorMap map_do) {
 #ifdef LLMC_WGMMA
     constexpr int NWG = CFG::NWG, BQ = CFG::BT, STAGES = CFG::STAGES, LAG = CFG::LAG;
     static_assert(HS % 64 == 0 && BQ % 64 == 0, "64-column panels, 64-query multiples");
@@ -108,6 +115,9 @@ __global__ void __launch_bounds__(CFG::NWG * 128, CFG::MINB)
     const uint32_t qd_s = v_s + KV_BYTES;               // stage st: Q tile at qd_s + 2 st T_BYTES, dO after it
     const uint32_t ld_s = qd_s + 2 * STAGES * T_BYTES;  // stage st: BQ lse at ld_s + 8 st BQ, BQ D after them
     const float* ld_p = reinterpret_cast<const float*>(fah_smem + (ld_s - base));
+    __shared__ __align__(8) uint64_t bars[STAGES + 1];  // TMA: one per stage, then K and V's
+    const uint32_t bar0 = wgmma_smem_u32(bars), kv_bar = bar0 + 8 * STAGES;
+    const bool producer = threadIdx.x == 0;
 
     const int C = H * HS;
     const int bh = blockIdx.y, b = bh / H, h = bh % H;
@@ -127,8 +137,16 @@ __global__ void __launch_bounds__(CFG::NWG * 128, CFG::MINB)
     auto load_stage = [&](int st, int qt) {
         const int i0 = qt * BQ;
         const uint32_t q_st = qd_s + 2 * st * T_BYTES;
-        fah_load_tile<BQ, HS, NT>(q_st, qg, ld, i0, T);
-        fah_load_tile<BQ, HS, NT>(q_st + T_BYTES, dog, C, i0, T);
+        if constexpr (CFG::TMA) {
+            if (producer) {
+                fah_mbar_expect_tx(bar0 + 8 * st, 2 * T_BYTES);
+                fah_tma_tile<BQ, HS>(q_st, &map_qkv, h * HS, b * T + i0, bar0 + 8 * st);
+                fah_tma_tile<BQ, HS>(q_st + T_BYTES, &map_do, h * HS, b * T + i0, bar0 + 8 * st);
+            }
+        } else {
+            fah_load_tile<BQ, HS, NT>(q_st, qg, ld, i0, T);
+            fah_load_tile<BQ, HS, NT>(q_st + T_BYTES, dog, C, i0, T);
+        }
         for (int idx = threadIdx.x; idx < 2 * BQ; idx += NT) {
             const int i = i0 + idx % BQ;
             const bool valid = i < T;
@@ -136,8 +154,22 @@ __global__ void __launch_bounds__(CFG::NWG * 128, CFG::MINB)
         }
     };
 
-    fah_load_tile<BKEYS, HS, NT>(k_s, qg + C, ld, k0, T);
-    fah_load_tile<BKEYS, HS, NT>(v_s, qg + 2 * C, ld, k0, T);
+    if constexpr (CFG::TMA) {
+        if (producer) {
+#pragma unroll
+            for (int st = 0; st <= STAGES; st++) fah_mbar_init(bar0 + 8 * st, 1);
+            asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+        }
+        __syncthreads();
+        if (producer) {
+            fah_mbar_expect_tx(kv_bar, 2 * KV_BYTES);
+            fah_tma_tile<BKEYS, HS>(k_s, &map_qkv, C + h * HS, b * T + k0, kv_bar);
+            fah_tma_tile<BKEYS, HS>(v_s, &map_qkv, 2 * C + h * HS, b * T + k0, kv_bar);
+        }
+    } else {
+        fah_load_tile<BKEYS, HS, NT>(k_s, qg + C, ld, k0, T);
+        fah_load_tile<BKEYS, HS, NT>(v_s, qg + 2 * C, ld, k0, T);
+    }
 #pragma unroll
     for (int st = 0; st < AHEAD; st++) {  // commit group st holds tile st (group 0 also K, V)
         if (st < nqt) load_stage(st, qt0 + st);
@@ -152,7 +184,12 @@ __global__ void __launch_bounds__(CFG::NWG * 128, CFG::MINB)
 
     for (int it = 0; it < nqt; it++) {
         fa_cp_async_wait<AHEAD - 1>();  // this thread's copies of tile it landed
-        fence_proxy_async();            // ... visible to the tensor cores' (async proxy) reads
+        if constexpr (CFG::TMA) {       // the tiles' bytes arrived (TMA writes through the async proxy)
+            if (it == 0) fah_mbar_wait(kv_bar, 0);
+            fah_mbar_wait(bar0 + 8 * (it % STAGES), (it / STAGES) & 1);
+        } else {
+            fence_proxy_async();  // cp.async's writes visible to the tensor cores' (async proxy) reads
+        }
         // everyone's copies landed, and stage (it - 1 - LAG) % STAGES is free: every warpgroup
         // waited for its products of tile it - 1 (LAG = 0) or, in tile it - 1, for those of
         // tile it - 2 (LAG = 1)
@@ -255,7 +292,7 @@ __global__ void __launch_bounds__(CFG::NWG * 128, CFG::MINB)
         }
     }
 #else
-    (void)dqkv, (void)delta, (void)dout, (void)qkv, (void)lse, (void)T, (void)H, (void)scale;
+    (void)dqkv, (void)delta, (void)dout, (void)qkv, (void)lse, (void)T, (void)H, (void)scale, (void)map_qkv, (void)map_do;
     __trap();
 #endif
 }
@@ -272,7 +309,8 @@ static constexpr size_t fah_dq_smem() {
 template <int HS, class CFG>
 __global__ void __launch_bounds__(CFG::NWG * 128, CFG::MINB)
     fah_backward_dq_kernel(fa_bf16* dqkv, const float* delta, const fa_bf16* dout, const fa_bf16* qkv,
-                           const float* lse, int T, int H, float scale) {
+                           const float* lse, int T, int H, float scale, const __grid_constant__ CUtensorMap map_qkv,
+                           const __grid_constant__ CUtensorMap map_do) {
 #ifdef LLMC_WGMMA
     constexpr int NWG = CFG::NWG, BK = CFG::BT, STAGES = CFG::STAGES, LAG = CFG::LAG;
     static_assert(HS % 64 == 0 && BK % 64 == 0, "64-column panels, 64-key multiples");
@@ -284,6 +322,9 @@ __global__ void __launch_bounds__(CFG::NWG * 128, CFG::MINB)
     const uint32_t q_s = (wgmma_smem_u32(fah_smem) + 1023u) & ~1023u;
     const uint32_t do_s = q_s + Q_BYTES;
     const uint32_t kv_s = do_s + Q_BYTES;  // stage st: K at kv_s + 2 st KV_BYTES, V after it
+    __shared__ __align__(8) uint64_t bars[STAGES + 1];  // TMA: one per stage, then Q and dO's
+    const uint32_t bar0 = wgmma_smem_u32(bars), qd_bar = bar0 + 8 * STAGES;
+    const bool producer = threadIdx.x == 0;
 
     const int C = H * HS;
     const int bh = blockIdx.y, b = bh / H, h = bh % H;
@@ -307,14 +348,39 @@ __global__ void __launch_bounds__(CFG::NWG * 128, CFG::MINB)
         dd[r] = i < T ? delta[(size_t)bh * T + i] : 0.0f;
     }
 
-    fah_load_tile<BM, HS, NT>(q_s, qg, ld, q0, T);
-    fah_load_tile<BM, HS, NT>(do_s, dog, C, q0, T);
+    auto load_kv = [&](int tile) {  // K, V tile `tile` into its stage
+        const uint32_t st = kv_s + 2 * (tile % STAGES) * KV_BYTES;
+        if constexpr (CFG::TMA) {
+            if (producer) {
+                const uint32_t bar = bar0 + 8 * (tile % STAGES);
+                fah_mbar_expect_tx(bar, 2 * KV_BYTES);
+                fah_tma_tile<BK, HS>(st, &map_qkv, C + h * HS, b * T + tile * BK, bar);
+                fah_tma_tile<BK, HS>(st + KV_BYTES, &map_qkv, 2 * C + h * HS, b * T + tile * BK, bar);
+            }
+        } else {
+            fah_load_tile<BK, HS, NT>(st, kg, ld, tile * BK, T);
+            fah_load_tile<BK, HS, NT>(st + KV_BYTES, vg, ld, tile * BK, T);
+        }
+    };
+    if constexpr (CFG::TMA) {
+        if (producer) {
+#pragma unroll
+            for (int st = 0; st <= STAGES; st++) fah_mbar_init(bar0 + 8 * st, 1);
+            asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+        }
+        __syncthreads();
+        if (producer) {
+            fah_mbar_expect_tx(qd_bar, 2 * Q_BYTES);
+            fah_tma_tile<BM, HS>(q_s, &map_qkv, h * HS, b * T + q0, qd_bar);
+            fah_tma_tile<BM, HS>(do_s, &map_do, h * HS, b * T + q0, qd_bar);
+        }
+    } else {
+        fah_load_tile<BM, HS, NT>(q_s, qg, ld, q0, T);
+        fah_load_tile<BM, HS, NT>(do_s, dog, C, q0, T);
+    }
 #pragma unroll
     for (int st = 0; st < AHEAD; st++) {  // commit group st holds tile st (group 0 also Q, dO)
-        if (st < nkb) {
-            fah_load_tile<BK, HS, NT>(kv_s + 2 * st * KV_BYTES, kg, ld, st * BK, T);
-            fah_load_tile<BK, HS, NT>(kv_s + (2 * st + 1) * KV_BYTES, vg, ld, st * BK, T);
-        }
+        if (st < nkb) load_kv(st);
         fa_cp_async_commit();
     }
 
@@ -323,15 +389,16 @@ __global__ void __launch_bounds__(CFG::NWG * 128, CFG::MINB)
     int acc = 0;  // dQ holds a sum
 
     for (int kb = 0; kb < nkb; kb++) {
-        fa_cp_async_wait<AHEAD - 1>();
-        fence_proxy_async();
+        if constexpr (CFG::TMA) {
+            if (kb == 0) fah_mbar_wait(qd_bar, 0);
+            fah_mbar_wait(bar0 + 8 * (kb % STAGES), (kb / STAGES) & 1);
+        } else {
+            fa_cp_async_wait<AHEAD - 1>();
+            fence_proxy_async();
+        }
         __syncthreads();  // as in the dk/dv kernel
         const int next = kb + AHEAD;
-        if (next < nkb) {
-            const uint32_t st = kv_s + 2 * (next % STAGES) * KV_BYTES;
-            fah_load_tile<BK, HS, NT>(st, kg, ld, next * BK, T);
-            fah_load_tile<BK, HS, NT>(st + KV_BYTES, vg, ld, next * BK, T);
-        }
+        if (next < nkb) load_kv(next);
         fa_cp_async_commit();
 
         const int k0 = kb * BK;
@@ -400,7 +467,7 @@ __global__ void __launch_bounds__(CFG::NWG * 128, CFG::MINB)
         }
     }
 #else
-    (void)dqkv, (void)delta, (void)dout, (void)qkv, (void)lse, (void)T, (void)H, (void)scale;
+    (void)dqkv, (void)delta, (void)dout, (void)qkv, (void)lse, (void)T, (void)H, (void)scale, (void)map_qkv, (void)map_do;
     __trap();
 #endif
 }
@@ -437,15 +504,39 @@ static void fah_backward(fa_bf16* dqkv, float* delta, const fa_bf16* dout, const
     const size_t smem_kv = fah_dkdv_smem<HS, KV>();
     cudaCheck(cudaFuncSetAttribute(fah_backward_dkdv_kernel<HS, KV>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                    (int)smem_kv));
+    // TMA descriptors of qkv and dout (64 x 64 boxes); unused (zero) by the cp.async configurations
+    CUtensorMap map_qkv = {}, map_do = {};
+    if (KV::TMA || Q::TMA) {
+        map_qkv = fah_tensor_map(qkv, 3 * (size_t)H * HS, (size_t)B * T, 64);
+        map_do = fah_tensor_map(dout, (size_t)H * HS, (size_t)B * T, 64);
+    }
     fah_backward_dkdv_kernel<HS, KV><<<dim3(ceil_div(T, 64 * KV::NWG), B * H), KV::NWG * 128, smem_kv, stream>>>(
-        dqkv, delta, dout, qkv, lse, T, H, scale);
+        dqkv, delta, dout, qkv, lse, T, H, scale, map_qkv, map_do);
     cudaCheckLast();
     const size_t smem_q = fah_dq_smem<HS, Q>();
     cudaCheck(cudaFuncSetAttribute(fah_backward_dq_kernel<HS, Q>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                    (int)smem_q));
     fah_backward_dq_kernel<HS, Q><<<dim3(ceil_div(T, 64 * Q::NWG), B * H), Q::NWG * 128, smem_q, stream>>>(
-        dqkv, delta, dout, qkv, lse, T, H, scale);
+        dqkv, delta, dout, qkv, lse, T, H, scale, map_qkv, map_do);
     cudaCheckLast();
+}
+
+// the same configuration with cp.async copies (for tensors TMA cannot address)
+template <class CFG>
+using FahCfgCpAsync = FahCfg<CFG::NWG, CFG::BT, CFG::STAGES, CFG::MINB, CFG::LAG, 0>;
+
+// the production configuration of head size HS
+template <int HS>
+static void fah_backward_hs(fa_bf16* dqkv, float* delta, const fa_bf16* dout, const fa_bf16* out, const fa_bf16* qkv,
+                            const float* lse, int B, int T, int H, cudaStream_t stream) {
+    typedef typename FahBwdConfig<HS>::Dkdv KV;
+    typedef typename FahBwdConfig<HS>::Dq Q;
+    const size_t C = (size_t)H * HS;
+    if (fah_tma_aligned(qkv, 3 * C * sizeof(fa_bf16)) && fah_tma_aligned(dout, C * sizeof(fa_bf16))) {
+        fah_backward<HS, KV, Q>(dqkv, delta, dout, out, qkv, lse, B, T, H, stream);
+    } else {
+        fah_backward<HS, FahCfgCpAsync<KV>, FahCfgCpAsync<Q>>(dqkv, delta, dout, out, qkv, lse, B, T, H, stream);
+    }
 }
 
 #endif  // LLMC_ATTENTION_HOPPER_BWD_CUH

@@ -11,7 +11,7 @@ Build and run (on an sm_90 GPU; the wgmma versions need sm_90a code, which the M
 CMake target add; without it they are skipped and production runs the mma.sync kernels):
     make -C dev/cuda attention && build-dev-cuda/attention          # all versions
     build-dev-cuda/attention 2                                      # one version
-With cuDNN (adds version 20; needs cuDNN 9 + cudnn-frontend, see README.md):
+With cuDNN (adds version 21; needs cuDNN 9 + cudnn-frontend, see README.md):
     cmake -B build -DLLMC_CUDNN=ON && cmake --build build --target dev_cuda_attention
     build/dev_cuda/attention
 Versions (a course from the scalar loop to Hopper's warpgroup tensor cores):
@@ -53,7 +53,7 @@ Versions (a course from the scalar loop to Hopper's warpgroup tensor cores):
        faster than production's forward in three runs (within run-to-run spread at T = 1024)
        (Dropped after one run, 2026-11-24: exponentials partly from a polynomial on the FMA pipe,
        1/4 or 1/2 of them: 0.427 / 0.507 ms against 0.355, the kernel is issue-bound.)
-    14-16, 19 the wgmma backward (llmc/attention_hopper_bwd.cuh, sm_90a), each with the production
+    14-16, 19, 20 the wgmma backward (llmc/attention_hopper_bwd.cuh, sm_90a), each with the production
        forward: a dk,dv kernel ("kv": one warpgroup of 64 keys per block, 64-query tiles streamed)
        and a dq kernel ("q": warpgroups of 64 rows, 64-key tiles streamed), P and dS fed to the
        next product from registers; "lag": a tile's last product runs on into the next tile
@@ -69,7 +69,10 @@ Versions (a course from the scalar loop to Hopper's warpgroup tensor cores):
        than cuDNN; at HS = 128 slower (0.46 ms), so production keeps the cp.async kernel there
     18 tma 64k 3st: 0.319 ms
     19 128: q as kv: HS = 128's dq kernel with one warpgroup and lag (production uses 2, no lag)
-    20 cuDNN's fused SDPA through llmc/cudnn_attention.h, the engine's backend when built with
+    20 tma: production's backward configuration with its bf16 tiles by TMA (FahCfg's TMA), as the
+       forward's version 17. Compiled, not yet run on a GPU (session 3 ran out of device time):
+       the first thing to run; production's backward switches to it if it passes and is faster.
+    21 cuDNN's fused SDPA through llmc/cudnn_attention.h, the engine's backend when built with
        LLMC_CUDNN (only in such a build): the same layouts and stats, deterministic backward
        algorithm; checked and timed like the others, so ours vs cuDNN is one program's ratio. The
        first call at each shape builds cuDNN's graph; the warm-up calls absorb that.
@@ -97,7 +100,7 @@ of FlashAttention-2; our dq kernel does 2 more, which are not counted).
 #include "llmc/attention.cuh"  // defines: attention_forward/backward, the mma.sync and (via
                                 //   attention_hopper*.cuh) the wgmma kernels
 #ifdef LLMC_CUDNN
-#include "llmc/cudnn_attention.h"  // defines: cudnn_attention_forward/backward (version 20)
+#include "llmc/cudnn_attention.h"  // defines: cudnn_attention_forward/backward (version 21)
 #endif
 
 #ifdef LLMC_FP32
@@ -210,6 +213,8 @@ static const Version versions[] = {
     {"wgmma fwd tma 64k 3st", hopper_fwd_tma<3>, attention_backward, false, 20, true},
     {"wgmma bwd 128: q as kv", attention_forward,
      hopper_bwd<FahCfg<1, 64, 3, 1, 1>, FahCfg<1, 64, 2>, FahBwdConfig<128>::Dkdv, FahCfg<1, 64, 3, 1, 1>>, false, 20,
+     true},
+    {"wgmma bwd tma", attention_forward, hopper_bwd<FahCfg<1, 64, 3, 1, 1, 1>, FahCfg<1, 64, 2, 1, 0, 1>>, false, 20,
      true},
 #ifdef LLMC_CUDNN
     {"cuDNN (LLMC_CUDNN)", cudnn_fwd, cudnn_bwd, true, 20, false},
