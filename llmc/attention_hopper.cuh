@@ -28,12 +28,12 @@ Shared-memory layout: tiles of 64-column panels with the 128-byte swizzle (llmc/
 (BM rows) then STAGES x (K tile, V tile) of BN rows each. Any T >= 1: rows past T are zero-filled
 on load and never written.
 
-Three kernels: fah_forward_kernel, one product after the other (any number of warpgroups a
-block); fah_forward_pipelined_kernel (one warpgroup a block), which overlaps the exponentials of
-one tile with the P V product of the one before, as FlashAttention-3 does; and
-fah_forward_tma_kernel, the pipelined one with its tiles copied by the Tensor Memory Accelerator
-(one thread issues a bulk tensor copy per 64-column panel, a per-stage mbarrier counts the bytes
-in), which takes the copies' instructions off the warpgroup: the production kernel at HS = 64. Measured on an H200 at
+Two kernels: fah_forward_kernel, one product after the other (any number of warpgroups a block),
+and fah_forward_pipelined_kernel (one warpgroup a block), which overlaps the exponentials of one
+tile with the P V product of the one before, as FlashAttention-3 does; its TMA option has the
+Tensor Memory Accelerator copy the tiles (one thread issues a bulk tensor copy per 64-column
+panel, a per-stage mbarrier counts the bytes in), which takes the copies' instructions off the
+warpgroup: the production kernel at HS = 64. Measured on an H200 at
 GPT-2 124M shapes (B*H = 768, T = 1024, HS = 64; dev/cuda/attention.cu, 2026-11-24), forward:
 mma.sync flash kernels 0.43 ms; here 2 warpgroups a block 0.47 ms (they wait for each other at
 every tile), 1 warpgroup 0.37 ms (three independent blocks interleave on a multiprocessor),
@@ -194,6 +194,86 @@ __device__ __forceinline__ void fah_store(fa_bf16* out, float* lse, const float 
 }
 #endif  // LLMC_WGMMA
 
+// ---- TMA (Tensor Memory Accelerator) copies, used by the pipelined forward and the backward ----
+// One thread issues one bulk tensor copy per 64-column x 64-row box of a tile
+// (cp.async.bulk.tensor, which writes the 128-byte-swizzled layout wgmma reads); the copies signal
+// an mbarrier with their byte count, and the other threads only wait on it: no thread spends
+// instructions on addresses, cp.async or the proxy fence per tile. qkv (and dout) are seen as 2-D
+// tensors (B T rows, 3C or C columns): tile rows past a sequence's T read the next sequence's
+// rows (finite values that the causal mask zeroes: their keys are after every valid query, their
+// queries are never stored) or, past the tensor, zeros.
+
+__device__ __forceinline__ void fah_mbar_init(uint32_t bar, int count) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count));
+}
+// one thread initializes n mbarriers (arrival count 1) at bar0, bar0 + 8, ...; the caller then
+// synchronizes the block before anyone uses them
+__device__ __forceinline__ void fah_mbar_init_all(uint32_t bar0, int n) {
+    for (int i = 0; i < n; i++) fah_mbar_init(bar0 + 8 * i, 1);
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+}
+__device__ __forceinline__ void fah_mbar_expect_tx(uint32_t bar, uint32_t bytes) {
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void fah_mbar_wait(uint32_t bar, int parity) {
+    asm volatile(
+        "{\n.reg .pred done;\nwait_again:\n"
+        "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
+        "@!done bra wait_again;\n}\n" ::"r"(bar),
+        "r"(parity)
+        : "memory");
+}
+// box (64 columns x the map's rows) at (column c0, row c1) of the tensor behind map -> dst
+__device__ __forceinline__ void fah_tma_load(uint32_t dst, const CUtensorMap* map, int c0, int c1, uint32_t bar) {
+    asm volatile(
+        "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];\n" ::"r"(
+            dst),
+        "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(bar)
+        : "memory");
+}
+
+// TMA copies of rows [row0, row0 + ROWS) of columns [col0, col0 + HS) of the tensor behind map (boxes
+// of 64 columns x 64 rows) into the swizzled tile at dst, signalling bar
+template <int ROWS, int HS>
+__device__ __forceinline__ void fah_tma_tile(uint32_t dst, const CUtensorMap* map, int col0, int row0, uint32_t bar) {
+#pragma unroll
+    for (int p = 0; p < HS / 64; p++)
+#pragma unroll
+        for (int rb = 0; rb < ROWS / 64; rb++)
+            fah_tma_load(dst + p * ROWS * 128 + rb * 64 * 128, map, col0 + p * 64, row0 + rb * 64, bar);
+}
+
+// A 2-D TMA descriptor of a row-major bf16 tensor (rows x cols, e.g. qkv: B T rows of 3C) with
+// 64-column x box_rows boxes and the 128-byte swizzle.
+static CUtensorMap fah_tensor_map(const fa_bf16* base, size_t cols, size_t rows, int box_rows) {
+    static PFN_cuTensorMapEncodeTiled_v12000 encode = NULL;
+    if (encode == NULL) {
+        cudaDriverEntryPointQueryResult found;
+        cudaCheck(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", reinterpret_cast<void**>(&encode), 12000,
+                                                   cudaEnableDefault, &found));
+        if (found != cudaDriverEntryPointSuccess || encode == NULL) {
+            fprintf(stderr, "attention: cuTensorMapEncodeTiled not found in the driver\n");
+            exit(1);
+        }
+    }
+    CUtensorMap map;
+    const cuuint64_t dims[2] = {(cuuint64_t)cols, (cuuint64_t)rows};
+    const cuuint64_t strides[1] = {(cuuint64_t)cols * sizeof(fa_bf16)};
+    const cuuint32_t box[2] = {64, (cuuint32_t)box_rows};
+    const cuuint32_t elem_strides[2] = {1, 1};
+    const CUresult r = encode(&map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, const_cast<fa_bf16*>(base), dims, strides, box,
+                              elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                              CU_TENSOR_MAP_L2_PROMOTION_L2_128B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+    if (r != CUDA_SUCCESS) {
+        fprintf(stderr, "attention: cuTensorMapEncodeTiled failed (%d)\n", (int)r);
+        exit(1);
+    }
+    return map;
+}
+
+// TMA needs 16-byte-aligned bases and row strides; the engine's activations always have them
+static inline bool fah_tma_aligned(const void* p, size_t row_bytes) { return (uintptr_t)p % 16 == 0 && row_bytes % 16 == 0; }
+
 // The straightforward version: per key tile, S = Q K^T, wait, softmax, O += P V, wait. While one
 // warpgroup exponentiates, only the other warpgroups on the SM keep the tensor cores busy.
 // grid (ceil(T / (64 NWG)), B * H), block 128 NWG threads; dynamic smem fah_forward_smem<...>()
@@ -282,21 +362,26 @@ __global__ void __launch_bounds__(NWG * 128) fah_forward_kernel(fa_bf16* out, fl
 // O += P_kb V_kb, the warpgroup already has S_kb+1 = Q K_kb+1^T in flight and exponentiates it as
 // soon as it lands; only the rescale of O waits for the P V product. QREG: Q is read into registers
 // once (ldmatrix) and S = Q K^T takes it from there, so each tile reads only K and V from shared
-// memory (else Q is re-read by the tensor cores every tile). Two score tiles are live, so
-// K/V tile kb+1 must be resident while tile kb is still read: STAGES >= 3, tiles loaded STAGES - 1
-// ahead of the one being exponentiated. One warpgroup per block, and no wgmma under a branch (the
-// last tile's P V is peeled off the loop): ptxas serializes every wgmma of a kernel that issues
-// one on a path it cannot prove uniform across the warpgroup.
-template <int HS, int BN, int STAGES, bool QREG>
-__global__ void __launch_bounds__(128) fah_forward_pipelined_kernel(fa_bf16* out, float* lse, const fa_bf16* qkv, int T,
-                                                                     int H, float scale) {
+// memory (else Q is re-read by the tensor cores every tile). TMA: the tiles come by TMA (map_q:
+// 64-row boxes, map_kv: BN-row boxes of qkv), one mbarrier per stage, instead of every thread's
+// cp.async (the maps are unused otherwise). Two score tiles are live, so K/V tile kb+1 must be
+// resident while tile kb is still read: STAGES >= 3, tiles loaded STAGES - 1 ahead of the one
+// being exponentiated. One warpgroup per block, and no wgmma under a branch (the last tile's P V
+// is peeled off the loop): ptxas serializes every wgmma of a kernel that issues one on a path it
+// cannot prove uniform across the warpgroup.
+template <int HS, int BN, int STAGES, bool QREG, bool TMA>
+__global__ void __launch_bounds__(128)
+    fah_forward_pipelined_kernel(fa_bf16* out, float* lse, const fa_bf16* qkv, int T, int H, float scale,
+                                 const __grid_constant__ CUtensorMap map_q, const __grid_constant__ CUtensorMap map_kv) {
 #ifdef LLMC_WGMMA
     static_assert(HS % 64 == 0 && BN % 64 == 0 && STAGES >= 3, "64-column panels, 64-key multiples, 3 stages");
     constexpr int BM = 64, NT = 128;
     constexpr uint32_t Q_BYTES = BM * HS * 2, KV_BYTES = BN * HS * 2;
     extern __shared__ __align__(16) unsigned char fah_smem[];
+    __shared__ __align__(8) uint64_t bars[STAGES + 1];  // TMA: one per stage, then Q's
     const uint32_t q_s = (wgmma_smem_u32(fah_smem) + 1023u) & ~1023u;
     const uint32_t kv_s = q_s + Q_BYTES;
+    const uint32_t bar0 = wgmma_smem_u32(bars), q_bar = bar0 + 8 * STAGES;
 
     const int C = H * HS;
     const int bh = blockIdx.y, b = bh / H, h = bh % H;
@@ -307,17 +392,41 @@ __global__ void __launch_bounds__(128) fah_forward_pipelined_kernel(fa_bf16* out
     const fa_bf16* vg = qg + 2 * C;
     const int nkb = (min(q0 + BM, T) - 1) / BN + 1;
     const float sl2 = scale * FA_LOG2E;
+    const bool producer = threadIdx.x == 0;
     auto k_stage = [&](int tile) { return kv_s + 2 * (tile % STAGES) * KV_BYTES; };
     auto load_kv = [&](int tile) {
-        fah_load_tile<BN, HS, NT>(k_stage(tile), kg, ld, tile * BN, T);
-        fah_load_tile<BN, HS, NT>(k_stage(tile) + KV_BYTES, vg, ld, tile * BN, T);
+        if constexpr (TMA) {
+            if (producer) {
+                const uint32_t bar = bar0 + 8 * (tile % STAGES);
+                fah_mbar_expect_tx(bar, 2 * KV_BYTES);
+#pragma unroll
+                for (int p = 0; p < HS / 64; p++) {
+                    fah_tma_load(k_stage(tile) + p * BN * 128, &map_kv, C + h * HS + p * 64, b * T + tile * BN, bar);
+                    fah_tma_load(k_stage(tile) + KV_BYTES + p * BN * 128, &map_kv, 2 * C + h * HS + p * 64,
+                                 b * T + tile * BN, bar);
+                }
+            }
+        } else {
+            fah_load_tile<BN, HS, NT>(k_stage(tile), kg, ld, tile * BN, T);
+            fah_load_tile<BN, HS, NT>(k_stage(tile) + KV_BYTES, vg, ld, tile * BN, T);
+        }
     };
 
-    fah_load_tile<BM, HS, NT>(q_s, qg, ld, q0, T);
+    if constexpr (TMA) {
+        if (producer) fah_mbar_init_all(bar0, STAGES + 1);
+        __syncthreads();
+        if (producer) {
+            fah_mbar_expect_tx(q_bar, Q_BYTES);
+            fah_tma_tile<BM, HS>(q_s, &map_q, h * HS, b * T + q0, q_bar);
+            for (int tile = 0; tile < STAGES - 1 && tile < nkb; tile++) load_kv(tile);
+        }
+    } else {
+        fah_load_tile<BM, HS, NT>(q_s, qg, ld, q0, T);
 #pragma unroll
-    for (int tile = 0; tile < STAGES - 1; tile++) {  // commit group `tile` (group 0 also holds Q)
-        if (tile < nkb) load_kv(tile);
-        fa_cp_async_commit();
+        for (int tile = 0; tile < STAGES - 1; tile++) {  // commit group `tile` (group 0 also holds Q)
+            if (tile < nkb) load_kv(tile);
+            fa_cp_async_commit();
+        }
     }
 
     float o[HS / 2], s[BN / 2];
@@ -329,9 +438,14 @@ __global__ void __launch_bounds__(128) fah_forward_pipelined_kernel(fa_bf16* out
     uint32_t pa[BN / 16][4];  // P of the tile whose P V product is next
 
     // tile 0: S_0, softmax -> P_0
-    fa_cp_async_wait<STAGES - 2>();
-    fence_proxy_async();
-    __syncthreads();
+    if constexpr (TMA) {
+        fah_mbar_wait(q_bar, 0);
+        fah_mbar_wait(bar0, 0);
+    } else {
+        fa_cp_async_wait<STAGES - 2>();
+        fence_proxy_async();
+        __syncthreads();
+    }
     uint32_t qf[QREG ? HS / 16 : 1][4];
     if constexpr (QREG) {
 #pragma unroll
@@ -353,11 +467,17 @@ __global__ void __launch_bounds__(128) fah_forward_pipelined_kernel(fa_bf16* out
 
     for (int kb = 0; kb + 1 < nkb; kb++) {
         // tile kb + 1 must be visible; the stage of tile kb - 1 (its P V waited for) is free
-        fa_cp_async_wait<STAGES - 3>();
-        fence_proxy_async();
-        __syncthreads();
-        if (kb + STAGES - 1 < nkb) load_kv(kb + STAGES - 1);
-        fa_cp_async_commit();
+        if constexpr (TMA) {
+            fah_mbar_wait(bar0 + 8 * ((kb + 1) % STAGES), ((kb + 1) / STAGES) & 1);
+            __syncthreads();
+            if (kb + STAGES - 1 < nkb) load_kv(kb + STAGES - 1);
+        } else {
+            fa_cp_async_wait<STAGES - 3>();
+            fence_proxy_async();
+            __syncthreads();
+            if (kb + STAGES - 1 < nkb) load_kv(kb + STAGES - 1);
+            fa_cp_async_commit();
+        }
 
         wgmma_fence();
         issue_scores(k_stage(kb + 1));
@@ -379,212 +499,39 @@ __global__ void __launch_bounds__(128) fah_forward_pipelined_kernel(fa_bf16* out
     wgmma_commit();
     wgmma_wait<0>();
     wgmma_pin_all(o);
-    fa_cp_async_wait<0>();
+    if constexpr (!TMA) fa_cp_async_wait<0>();
     fah_store<HS>(out, lse, o, m, l, b, bh, h, q0, T, C, scale);
 #else
-    (void)out, (void)lse, (void)qkv, (void)T, (void)H, (void)scale;
+    (void)out, (void)lse, (void)qkv, (void)T, (void)H, (void)scale, (void)map_q, (void)map_kv;
     __trap();
 #endif
 }
 
-template <int HS, int NWG, int BN, int STAGES, bool PIPELINED, bool QREG = false>
+// PIPELINED: fah_forward_pipelined_kernel (NWG must be 1), with Q in registers (QREG) and/or TMA
+// copies (TMA: qkv must be 16-byte aligned with a row stride of a multiple of 16 bytes,
+// fah_tma_aligned); else fah_forward_kernel.
+template <int HS, int NWG, int BN, int STAGES, bool PIPELINED, bool QREG = false, bool TMA = false>
 static void fah_forward(fa_bf16* out, float* lse, const fa_bf16* qkv, int B, int T, int H, cudaStream_t stream) {
-    void (*kernel)(fa_bf16*, float*, const fa_bf16*, int, int, float);
+    const size_t smem = fah_forward_smem<HS, NWG, BN, STAGES>();
+    const float scale = 1.0f / sqrtf((float)HS);
+    dim3 grid(ceil_div(T, 64 * NWG), B * H);
     if constexpr (PIPELINED) {
         static_assert(NWG == 1, "the pipelined kernel runs one warpgroup per block");
-        kernel = fah_forward_pipelined_kernel<HS, BN, STAGES, QREG>;
+        auto kernel = fah_forward_pipelined_kernel<HS, BN, STAGES, QREG, TMA>;
+        cudaCheck(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+        CUtensorMap map_q = {}, map_kv = {};
+        if (TMA) {
+            const size_t cols = 3 * (size_t)H * HS, rows = (size_t)B * T;
+            map_q = fah_tensor_map(qkv, cols, rows, 64);
+            map_kv = fah_tensor_map(qkv, cols, rows, BN);
+        }
+        kernel<<<grid, 128, smem, stream>>>(out, lse, qkv, T, H, scale, map_q, map_kv);
     } else {
-        kernel = fah_forward_kernel<HS, NWG, BN, STAGES>;
+        auto kernel = fah_forward_kernel<HS, NWG, BN, STAGES>;
+        static_assert(!QREG && !TMA, "QREG and TMA are options of the pipelined kernel");
+        cudaCheck(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+        kernel<<<grid, NWG * 128, smem, stream>>>(out, lse, qkv, T, H, scale);
     }
-    const size_t smem = fah_forward_smem<HS, NWG, BN, STAGES>();
-    cudaCheck(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-    dim3 grid(ceil_div(T, 64 * NWG), B * H);
-    kernel<<<grid, NWG * 128, smem, stream>>>(out, lse, qkv, T, H, 1.0f / sqrtf((float)HS));
-    cudaCheckLast();
-}
-
-// ---------------------------------------------------------------------------------------------
-// The pipelined kernel with its tiles brought in by the Tensor Memory Accelerator (TMA): one thread
-// issues one bulk copy per 64-column panel of a tile (cp.async.bulk.tensor, which writes the
-// 128-byte-swizzled layout wgmma reads) and the copies signal a per-stage mbarrier with their byte
-// count; the other threads only wait on it. So no thread spends instructions on addresses,
-// cp.async, or the proxy fence per tile. qkv is seen as a 2-D tensor (B T rows, 3C columns): tile
-// rows past a sequence's T read the next sequence's rows (finite values that the causal mask
-// zeroes: their keys are after every valid query) or, past the tensor, zeros.
-
-__device__ __forceinline__ void fah_mbar_init(uint32_t bar, int count) {
-    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count));
-}
-__device__ __forceinline__ void fah_mbar_expect_tx(uint32_t bar, uint32_t bytes) {
-    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
-}
-__device__ __forceinline__ void fah_mbar_wait(uint32_t bar, int parity) {
-    asm volatile(
-        "{\n.reg .pred done;\nwait_again:\n"
-        "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
-        "@!done bra wait_again;\n}\n" ::"r"(bar),
-        "r"(parity)
-        : "memory");
-}
-// box (64 columns x the map's rows) at (column c0, row c1) of the tensor behind map -> dst
-__device__ __forceinline__ void fah_tma_load(uint32_t dst, const CUtensorMap* map, int c0, int c1, uint32_t bar) {
-    asm volatile(
-        "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];\n" ::"r"(
-            dst),
-        "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(bar)
-        : "memory");
-}
-
-// TMA copies of rows [row0, row0 + ROWS) of columns [col0, col0 + HS) of the tensor behind map (boxes
-// of 64 columns x 64 rows) into the swizzled tile at dst, signalling bar
-template <int ROWS, int HS>
-__device__ __forceinline__ void fah_tma_tile(uint32_t dst, const CUtensorMap* map, int col0, int row0, uint32_t bar) {
-#pragma unroll
-    for (int p = 0; p < HS / 64; p++)
-#pragma unroll
-        for (int rb = 0; rb < ROWS / 64; rb++)
-            fah_tma_load(dst + p * ROWS * 128 + rb * 64 * 128, map, col0 + p * 64, row0 + rb * 64, bar);
-}
-
-template <int HS, int BN, int STAGES>
-__global__ void __launch_bounds__(128) fah_forward_tma_kernel(fa_bf16* out, float* lse,
-                                                               const __grid_constant__ CUtensorMap map_q,
-                                                               const __grid_constant__ CUtensorMap map_kv, int T, int H,
-                                                               float scale) {
-#ifdef LLMC_WGMMA
-    static_assert(HS % 64 == 0 && BN % 64 == 0 && STAGES >= 3, "64-column panels, 64-key multiples, 3 stages");
-    constexpr int BM = 64;
-    constexpr uint32_t Q_BYTES = BM * HS * 2, KV_BYTES = BN * HS * 2;
-    extern __shared__ __align__(16) unsigned char fah_smem[];
-    __shared__ __align__(8) uint64_t bars[STAGES + 1];  // one per stage, then Q's
-    const uint32_t q_s = (wgmma_smem_u32(fah_smem) + 1023u) & ~1023u;
-    const uint32_t kv_s = q_s + Q_BYTES;
-    const uint32_t bar0 = wgmma_smem_u32(bars), q_bar = bar0 + 8 * STAGES;
-
-    const int C = H * HS;
-    const int bh = blockIdx.y, b = bh / H, h = bh % H;
-    const int q0 = (gridDim.x - 1 - blockIdx.x) * BM;
-    const int nkb = (min(q0 + BM, T) - 1) / BN + 1;
-    const float sl2 = scale * FA_LOG2E;
-    const bool producer = threadIdx.x == 0;
-    auto k_stage = [&](int tile) { return kv_s + 2 * (tile % STAGES) * KV_BYTES; };
-    auto load_kv = [&](int tile) {  // producer only
-        const uint32_t bar = bar0 + 8 * (tile % STAGES);
-        fah_mbar_expect_tx(bar, 2 * KV_BYTES);
-#pragma unroll
-        for (int p = 0; p < HS / 64; p++) {
-            fah_tma_load(k_stage(tile) + p * BN * 128, &map_kv, C + h * HS + p * 64, b * T + tile * BN, bar);
-            fah_tma_load(k_stage(tile) + KV_BYTES + p * BN * 128, &map_kv, 2 * C + h * HS + p * 64, b * T + tile * BN,
-                         bar);
-        }
-    };
-
-    if (producer) {
-#pragma unroll
-        for (int st = 0; st <= STAGES; st++) fah_mbar_init(bar0 + 8 * st, 1);
-        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
-    }
-    __syncthreads();
-    if (producer) {
-        fah_mbar_expect_tx(q_bar, Q_BYTES);
-#pragma unroll
-        for (int p = 0; p < HS / 64; p++) fah_tma_load(q_s + p * BM * 128, &map_q, h * HS + p * 64, b * T + q0, q_bar);
-        for (int tile = 0; tile < STAGES - 1 && tile < nkb; tile++) load_kv(tile);
-    }
-
-    float o[HS / 2], s[BN / 2];
-#pragma unroll
-    for (int i = 0; i < HS / 2; i++) o[i] = 0.0f;
-#pragma unroll
-    for (int i = 0; i < BN / 2; i++) s[i] = 0.0f;
-    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f}, corr[2];
-    uint32_t pa[BN / 16][4];
-
-    fah_mbar_wait(q_bar, 0);
-    fah_mbar_wait(bar0, 0);
-    wgmma_fence();
-    fah_issue_abt<HS, BM, BN>(s, q_s, k_stage(0), 0);
-    wgmma_commit();
-    wgmma_wait<0>();
-    wgmma_pin_all(s);
-    fah_mask<BN>(s, 0, q0);
-    fah_softmax<BN>(s, m, l, corr, sl2);
-#pragma unroll
-    for (int kk = 0; kk < BN / 16; kk++) wgmma_a_frag(pa[kk], s, kk);
-
-    for (int kb = 0; kb + 1 < nkb; kb++) {
-        fah_mbar_wait(bar0 + 8 * ((kb + 1) % STAGES), ((kb + 1) / STAGES) & 1);  // tile kb + 1 landed
-        __syncthreads();  // every thread is done with the stage of tile kb - 1: refill it
-        if (producer && kb + STAGES - 1 < nkb) load_kv(kb + STAGES - 1);
-
-        wgmma_fence();
-        fah_issue_abt<HS, BM, BN>(s, q_s, k_stage(kb + 1), 0);
-        wgmma_commit();
-        fah_issue_pv<HS, BN>(o, pa, k_stage(kb) + KV_BYTES);
-        wgmma_commit();
-        wgmma_wait<1>();
-        wgmma_pin_all(s);
-        fah_mask<BN>(s, (kb + 1) * BN, q0);
-        fah_softmax<BN>(s, m, l, corr, sl2);
-        wgmma_wait<0>();
-        wgmma_pin_all(o);
-        fah_rescale<HS / 2>(o, corr);
-#pragma unroll
-        for (int kk = 0; kk < BN / 16; kk++) wgmma_a_frag(pa[kk], s, kk);
-    }
-    wgmma_fence();
-    fah_issue_pv<HS, BN>(o, pa, k_stage(nkb - 1) + KV_BYTES);
-    wgmma_commit();
-    wgmma_wait<0>();
-    wgmma_pin_all(o);
-    fah_store<HS>(out, lse, o, m, l, b, bh, h, q0, T, C, scale);
-#else
-    (void)out, (void)lse, (void)map_q, (void)map_kv, (void)T, (void)H, (void)scale;
-    __trap();
-#endif
-}
-
-// A 2-D TMA descriptor of a row-major bf16 tensor (rows x cols, e.g. qkv: B T rows of 3C) with
-// 64-column x box_rows boxes and the 128-byte swizzle.
-static CUtensorMap fah_tensor_map(const fa_bf16* base, size_t cols, size_t rows, int box_rows) {
-    static PFN_cuTensorMapEncodeTiled_v12000 encode = NULL;
-    if (encode == NULL) {
-        cudaDriverEntryPointQueryResult found;
-        cudaCheck(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", reinterpret_cast<void**>(&encode), 12000,
-                                                   cudaEnableDefault, &found));
-        if (found != cudaDriverEntryPointSuccess || encode == NULL) {
-            fprintf(stderr, "attention: cuTensorMapEncodeTiled not found in the driver\n");
-            exit(1);
-        }
-    }
-    CUtensorMap map;
-    const cuuint64_t dims[2] = {(cuuint64_t)cols, (cuuint64_t)rows};
-    const cuuint64_t strides[1] = {(cuuint64_t)cols * sizeof(fa_bf16)};
-    const cuuint32_t box[2] = {64, (cuuint32_t)box_rows};
-    const cuuint32_t elem_strides[2] = {1, 1};
-    const CUresult r = encode(&map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, const_cast<fa_bf16*>(base), dims, strides, box,
-                              elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
-                              CU_TENSOR_MAP_L2_PROMOTION_L2_128B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-    if (r != CUDA_SUCCESS) {
-        fprintf(stderr, "attention: cuTensorMapEncodeTiled failed (%d)\n", (int)r);
-        exit(1);
-    }
-    return map;
-}
-
-// TMA needs 16-byte-aligned bases and row strides; the engine's activations always have them
-static inline bool fah_tma_aligned(const void* p, size_t row_bytes) { return (uintptr_t)p % 16 == 0 && row_bytes % 16 == 0; }
-
-template <int HS, int BN, int STAGES>
-static void fah_forward_tma(fa_bf16* out, float* lse, const fa_bf16* qkv, int B, int T, int H, cudaStream_t stream) {
-    const size_t smem = fah_forward_smem<HS, 1, BN, STAGES>();
-    cudaCheck(cudaFuncSetAttribute(fah_forward_tma_kernel<HS, BN, STAGES>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                   (int)smem));
-    const size_t cols = 3 * (size_t)H * HS, rows = (size_t)B * T;
-    const CUtensorMap map_q = fah_tensor_map(qkv, cols, rows, 64), map_kv = fah_tensor_map(qkv, cols, rows, BN);
-    dim3 grid(ceil_div(T, 64), B * H);
-    fah_forward_tma_kernel<HS, BN, STAGES><<<grid, 128, smem, stream>>>(out, lse, map_q, map_kv, T, H,
-                                                                         1.0f / sqrtf((float)HS));
     cudaCheckLast();
 }
 
@@ -603,7 +550,7 @@ static void fah_forward_hs(fa_bf16* out, float* lse, const fa_bf16* qkv, int B, 
     typedef FahFwdConfig<HS> Cfg;
     const bool tma_ok = Cfg::TMA && fah_tma_aligned(qkv, 3 * (size_t)H * HS * sizeof(fa_bf16));
     if (tma_ok) {
-        fah_forward_tma<HS, Cfg::BN, Cfg::STAGES>(out, lse, qkv, B, T, H, stream);
+        fah_forward<HS, 1, Cfg::BN, Cfg::STAGES, true, false, true>(out, lse, qkv, B, T, H, stream);
     } else {
         fah_forward<HS, 1, Cfg::BN, Cfg::STAGES, true>(out, lse, qkv, B, T, H, stream);
     }

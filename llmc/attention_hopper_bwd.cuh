@@ -155,11 +155,7 @@ __global__ void __launch_bounds__(CFG::NWG * 128, CFG::MINB)
     };
 
     if constexpr (CFG::TMA) {
-        if (producer) {
-#pragma unroll
-            for (int st = 0; st <= STAGES; st++) fah_mbar_init(bar0 + 8 * st, 1);
-            asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
-        }
+        if (producer) fah_mbar_init_all(bar0, STAGES + 1);
         __syncthreads();
         if (producer) {
             fah_mbar_expect_tx(kv_bar, 2 * KV_BYTES);
@@ -363,11 +359,7 @@ __global__ void __launch_bounds__(CFG::NWG * 128, CFG::MINB)
         }
     };
     if constexpr (CFG::TMA) {
-        if (producer) {
-#pragma unroll
-            for (int st = 0; st <= STAGES; st++) fah_mbar_init(bar0 + 8 * st, 1);
-            asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
-        }
+        if (producer) fah_mbar_init_all(bar0, STAGES + 1);
         __syncthreads();
         if (producer) {
             fah_mbar_expect_tx(qd_bar, 2 * Q_BYTES);

@@ -63,7 +63,7 @@ Versions (a course from the scalar loop to Hopper's warpgroup tensor cores):
     15 kv 4st lag: one more stage, the same time as 3
     16 q lag 3blk: the dq kernel with lag and 3 stages: no gain
     17 tma 64k 4st: version 12's pipelined kernel (4 stages) with its tiles brought in by the TMA
-       (fah_forward_tma_kernel): one thread issues a bulk tensor copy per panel, an mbarrier per
+       (the pipelined kernel's TMA option): one thread issues a bulk tensor copy per panel, an mbarrier per
        stage counts the bytes in; no per-thread cp.async, address math or proxy fence per tile.
        0.310-0.321 ms at GPT-2 shapes (cuDNN 0.329-0.332, version 12 with 4 stages 0.355): faster
        than cuDNN; at HS = 128 slower (0.46 ms), so production keeps the cp.async kernel there
@@ -137,25 +137,15 @@ static void flash_bwd(bf16* dqkv, float* delta, const bf16* dout, const bf16* ou
 
 // the wgmma forward (llmc/attention_hopper.cuh): NWG warpgroups of 64 query rows, BN-key tiles,
 // STAGES shared-memory stages; at HS = 128 the key tiles are halved (registers)
-template <int NWG, int BN, int STAGES, bool PIPELINED, bool QREG = false>
+template <int NWG, int BN, int STAGES, bool PIPELINED, bool QREG = false, bool TMA = false>
 static void hopper_fwd(bf16* out, float* lse, const bf16* qkv, int B, int T, int C, int H, cudaStream_t s) {
     switch (C / H) {
-        case 64: fah_forward<64, NWG, BN, STAGES, PIPELINED, QREG>(out, lse, qkv, B, T, H, s); break;
+        case 64: fah_forward<64, NWG, BN, STAGES, PIPELINED, QREG, TMA>(out, lse, qkv, B, T, H, s); break;
         case 128:
-            fah_forward<128, NWG, (BN > 64 ? BN / 2 : BN), (STAGES > 3 ? 3 : STAGES), PIPELINED, QREG>(out, lse, qkv, B, T,
-                                                                                                     H, s);
+            fah_forward<128, NWG, (BN > 64 ? BN / 2 : BN), (STAGES > 3 ? 3 : STAGES), PIPELINED, QREG, TMA>(
+                out, lse, qkv, B, T, H, s);
             break;
         default: fprintf(stderr, "hopper_fwd: head size %d not instantiated\n", C / H); exit(1);
-    }
-}
-
-// the TMA forward: 64-key tiles, STAGES stages (3 at HS = 128)
-template <int STAGES>
-static void hopper_fwd_tma(bf16* out, float* lse, const bf16* qkv, int B, int T, int C, int H, cudaStream_t s) {
-    switch (C / H) {
-        case 64: fah_forward_tma<64, 64, STAGES>(out, lse, qkv, B, T, H, s); break;
-        case 128: fah_forward_tma<128, 64, 3>(out, lse, qkv, B, T, H, s); break;
-        default: fprintf(stderr, "hopper_fwd_tma: head size %d not instantiated\n", C / H); exit(1);
     }
 }
 
@@ -209,8 +199,8 @@ static const Version versions[] = {
     {"wgmma bwd kv 4st lag", attention_forward, hopper_bwd<FahCfg<1, 64, 4, 1, 1>, FahCfg<1, 64, 2>>, false, 20, true},
     {"wgmma bwd q lag 3blk", attention_forward, hopper_bwd<FahCfg<1, 64, 3, 1, 1>, FahCfg<1, 64, 3, 3, 1>>, false, 20,
      true},
-    {"wgmma fwd tma 64k 4st", hopper_fwd_tma<4>, attention_backward, false, 20, true},
-    {"wgmma fwd tma 64k 3st", hopper_fwd_tma<3>, attention_backward, false, 20, true},
+    {"wgmma fwd tma 64k 4st", hopper_fwd<1, 64, 4, true, false, true>, attention_backward, false, 20, true},
+    {"wgmma fwd tma 64k 3st", hopper_fwd<1, 64, 3, true, false, true>, attention_backward, false, 20, true},
     {"wgmma bwd 128: q as kv", attention_forward,
      hopper_bwd<FahCfg<1, 64, 3, 1, 1>, FahCfg<1, 64, 2>, FahBwdConfig<128>::Dkdv, FahCfg<1, 64, 3, 1, 1>>, false, 20,
      true},
