@@ -441,22 +441,25 @@ __global__ void __launch_bounds__(32 * LNB_WARPS) layernorm_backward_v2_kernel(
     for (int j = threadIdx.x; j < 2 * C; j += blockDim.x) partial[j] = shared_dwdb[j];
 }
 
-// dweight[c] += sum_blocks partial[block][c], dbias[c] += sum_blocks partial[block][C + c], blocks
-// in index order (a 32-column x 8-lane tile: lane y sums blocks y, y+8, ..., then lane 0 adds the
-// 8 lane sums in order). Grid: ceil(2C / 32) blocks.
-__global__ void layernorm_backward_finish_kernel(floatX* dweight, floatX* dbias, const float* scratch, int blocks,
-                                                 int C) {
-    __shared__ float tile[8][33];
+// dweight[c] += sum_b partial[b][c], dbias[c] += sum_b partial[b][C + c] over the `parts` partial
+// rows in scratch, b in index order: thread (x, y) of a 32 x LANES block sums b = y, y + LANES, ...
+// of column blockIdx.x * 32 + x, then row y = 0 adds the LANES sums in order. Grid: ceil(2C / 32)
+// blocks. The v2 backward uses 8 lanes; v3 and v4, with hundreds of partial rows, 32.
+template <int LANES>
+__global__ void __launch_bounds__(32 * LANES) layernorm_backward_finish_kernel(floatX* dweight, floatX* dbias,
+                                                                                const float* scratch, int parts, int C) {
+    __shared__ float tile[LANES][33];
     const int j = blockIdx.x * 32 + threadIdx.x;
     float acc = 0.0f;
     if (j < 2 * C) {
-        for (int k = threadIdx.y; k < blocks; k += 8) acc += scratch[(size_t)k * 2 * C + j];
+#pragma unroll 4
+        for (int k = threadIdx.y; k < parts; k += LANES) acc += scratch[(size_t)k * 2 * C + j];
     }
     tile[threadIdx.y][threadIdx.x] = acc;
     __syncthreads();
     if (threadIdx.y == 0 && j < 2 * C) {
         float s = 0.0f;
-        for (int i = 0; i < 8; i++) s += tile[i][threadIdx.x];
+        for (int i = 0; i < LANES; i++) s += tile[i][threadIdx.x];
         floatX* out = j < C ? dweight + j : dbias + (j - C);
         *out = from_float<floatX>(to_float(*out) + s);
     }
@@ -519,8 +522,8 @@ static void layernorm_backward_v2(floatX* dinp, floatX* dweight, floatX* dbias, 
             exit(1);
     }
     cudaCheckLast();
-    layernorm_backward_finish_kernel<<<ceil_div(2 * C, 32), dim3(32, 8), 0, stream>>>(dweight, dbias, scratch, blocks,
-                                                                                     C);
+    layernorm_backward_finish_kernel<8><<<ceil_div(2 * C, 32), dim3(32, 8), 0, stream>>>(dweight, dbias, scratch,
+                                                                                        blocks, C);
     cudaCheckLast();
 }
 
@@ -835,28 +838,6 @@ __global__ void __launch_bounds__(LN3_MAX_TEAM, 2) layernorm_backward_v3_kernel(
     for (int j = threadIdx.x; j < 2 * C; j += blockDim.x) partial[j] = acc[j];
 }
 
-// dweight[c] += sum_b partial[b][c], dbias[c] += sum_b partial[b][C + c], b in index order: thread
-// (x, y) of a 32 x 32 block sums b = y, y + 32, ... of column blockIdx.x * 32 + x, then row y = 0
-// adds the 32 sums in order. Grid: ceil(2C / 32) blocks.
-__global__ void __launch_bounds__(1024) layernorm_backward_finish_v3_kernel(floatX* dweight, floatX* dbias,
-                                                                            const float* scratch, int parts, int C) {
-    __shared__ float tile[32][33];
-    const int j = blockIdx.x * 32 + threadIdx.x;
-    float acc = 0.0f;
-    if (j < 2 * C) {
-#pragma unroll 4
-        for (int k = threadIdx.y; k < parts; k += 32) acc += scratch[(size_t)k * 2 * C + j];
-    }
-    tile[threadIdx.y][threadIdx.x] = acc;
-    __syncthreads();
-    if (threadIdx.y == 0 && j < 2 * C) {
-        float s = 0.0f;
-        for (int i = 0; i < 32; i++) s += tile[i][threadIdx.x];
-        floatX* out = j < C ? dweight + j : dbias + (j - C);
-        *out = from_float<floatX>(to_float(*out) + s);
-    }
-}
-
 // Grid of the v3 backward: the blocks that fit on the device at once (one wave), at most one per
 // `teams` rows. Also sets the kernel's dynamic shared-memory limit (above 48 KB needs it).
 template <int STAGES>
@@ -917,8 +898,8 @@ static void layernorm_backward_v3(floatX* dinp, floatX* dweight, floatX* dbias, 
 #undef LLMC_LN3_BWD_CASE
     }
     cudaCheckLast();
-    layernorm_backward_finish_v3_kernel<<<ceil_div(2 * C, 32), dim3(32, 32), 0, stream>>>(dweight, dbias, scratch,
-                                                                                        grid, C);
+    layernorm_backward_finish_kernel<32><<<ceil_div(2 * C, 32), dim3(32, 32), 0, stream>>>(dweight, dbias, scratch,
+                                                                                         grid, C);
     cudaCheckLast();
 }
 
@@ -1211,8 +1192,8 @@ static void layernorm_backward_v4(floatX* dinp, floatX* dweight, floatX* dbias, 
                                   const floatX* inp, const floatX* weight, const float* mean, const float* rstd, int N,
                                   int C, cudaStream_t stream, const Ln4Config& k) {
     const int grid = layernorm_backward_v4_partials(dinp, scratch, dout, inp, weight, mean, rstd, N, C, stream, k);
-    layernorm_backward_finish_v3_kernel<<<ceil_div(2 * C, 32), dim3(32, 32), 0, stream>>>(dweight, dbias, scratch,
-                                                                                        grid, C);
+    layernorm_backward_finish_kernel<32><<<ceil_div(2 * C, 32), dim3(32, 32), 0, stream>>>(dweight, dbias, scratch,
+                                                                                         grid, C);
     cudaCheckLast();
 }
 

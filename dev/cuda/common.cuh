@@ -261,6 +261,37 @@ static int finish() {
     return failures == 0 ? 0 : 1;
 }
 
+// Random logits for the softmax-family programs (softmax, crossentropy): (u1 + u2 + u3 + u4 - 2)
+// * 5.2 with u uniform in [0, 1) from a hash of (seed, row, column): mean 0, std 3, |x| <= 10.4.
+// Rows n % 5 == 1 get one spike of +40 (a nearly one-hot row), rows n % 7 == 3 are shifted by +100
+// (exp without the max subtraction overflows), the padded columns (V <= v < Vp) are NaN. With
+// targets (else NULL), rows n % 3 == 0 put 25 on their target (a confident, correct prediction).
+__global__ void fill_logits_kernel(floatX* x, const int* targets, int N, int V, int Vp, uint32_t seed) {
+    const size_t total = (size_t)N * Vp;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
+        const int n = (int)(i / Vp), v = (int)(i % Vp);
+        float value = NAN;
+        if (v < V) {
+            const uint32_t row_seed = hash_u32((uint32_t)n, seed);
+            float sum = 0.0f;
+            for (uint32_t k = 0; k < 4; k++) sum += (float)hash_u32((uint32_t)v * 4u + k, row_seed) * 2.3283064e-10f;
+            value = (sum - 2.0f) * 5.2f;
+            if (n % 5 == 1 && v == (int)((n * 7919LL) % V)) value = 40.0f;
+            if (targets != NULL && n % 3 == 0 && v == targets[n]) value = 25.0f;
+            if (n % 7 == 3) value += 100.0f;
+        }
+        x[i] = from_float<floatX>(value);
+    }
+}
+
+static void fill_logits(floatX* x, const int* targets, int N, int V, int Vp, uint32_t seed) {
+    int device = 0, sms = 0;
+    cudaCheck(cudaGetDevice(&device));
+    cudaCheck(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+    fill_logits_kernel<<<sms * 16, 256>>>(x, targets, N, V, Vp, seed);
+    cudaCheckLast();
+}
+
 }  // namespace bench
 
 #endif  // LLMC_DEV_CUDA_COMMON_CUH

@@ -197,31 +197,10 @@ static double bytes_moved(int version, int N, int Vp) {
 }
 
 // ---- inputs and the reference --------------------------------------------------------------------
-// Random logits on the device: (u1 + u2 + u3 + u4 - 2) * 5.2, u uniform in [0, 1) from a hash of
-// (seed, row, column): std 3, |x| <= 10.4; spikes and shifts as in the comment on top; padding NaN.
-__global__ void fill_logits(floatX* x, const int* targets, int N, int V, int Vp, uint32_t seed) {
-    const size_t total = (size_t)N * Vp;
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
-        const int n = (int)(i / Vp), v = (int)(i % Vp);
-        float value = NAN;
-        if (v < V) {
-            const uint32_t row_seed = hash_u32((uint32_t)n, seed);
-            float sum = 0.0f;
-            for (uint32_t k = 0; k < 4; k++) sum += (float)hash_u32((uint32_t)v * 4u + k, row_seed) * 2.3283064e-10f;
-            value = (sum - 2.0f) * 5.2f;
-            if (n % 5 == 1 && v == (int)((n * 7919LL) % V)) value = 40.0f;
-            if (n % 3 == 0 && v == targets[n]) value = 25.0f;
-            if (n % 7 == 3) value += 100.0f;
-        }
-        x[i] = from_float<floatX>(value);
-    }
-}
-
-static int sm_count = 132;  // set from the device in main()
-
+// Random logits (bench::fill_logits, common.cuh): std 3, |x| <= 10.4, with the spikes, the +25 on
+// some targets and the +100 shifts described on top; padding NaN.
 static void fill(const Buffers& b, int N, int V, int Vp, uint32_t seed) {
-    fill_logits<<<sm_count * 16, 256>>>(b.logits, b.targets, N, V, Vp, seed);
-    cudaCheckLast();
+    bench::fill_logits(b.logits, b.targets, N, V, Vp, seed);
 }
 
 struct Shape {
@@ -339,7 +318,6 @@ int main(int argc, char** argv) {
     const int V = 50257, Vp = 50304;
     cudaDeviceProp prop;
     cudaCheck(cudaGetDeviceProperties(&prop, 0));
-    sm_count = prop.multiProcessorCount;
     printf("cross-entropy: %s logits and dlogits, fp32 losses, %s\n", LLMC_PRECISION_NAME, prop.name);
 
     // every row checked: a short odd row; a row longer than the engine stages in shared memory

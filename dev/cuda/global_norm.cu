@@ -61,8 +61,9 @@ static const int REPEATS = 10;   // determinism runs
 
 #define NORM_V1_V2_THREADS 512
 
-// sum must hold 0 on entry; the order of the atomicAdd's is whatever order the blocks finish in
-__global__ void norm_v1_kernel(float* sum, const floatX* g, size_t n) {
+// this block's sum of g[i]^2 over a grid-stride loop of scalar loads (the same in every thread of
+// the block afterwards); v1 and v2 differ only in where it goes
+__device__ float block_sum_of_squares(const floatX* g, size_t n) {
     __shared__ float shared[32];
     float acc = 0.0f;
     const size_t stride = (size_t)gridDim.x * blockDim.x;
@@ -70,7 +71,12 @@ __global__ void norm_v1_kernel(float* sum, const floatX* g, size_t n) {
         const float x = to_float(g[i]);
         acc += x * x;
     }
-    acc = block_sum(acc, shared);
+    return block_sum(acc, shared);
+}
+
+// sum must hold 0 on entry; the order of the atomicAdd's is whatever order the blocks finish in
+__global__ void norm_v1_kernel(float* sum, const floatX* g, size_t n) {
+    const float acc = block_sum_of_squares(g, n);
     if (threadIdx.x == 0) atomicAdd(sum, acc);
 }
 
@@ -87,14 +93,7 @@ static void norm_v1(float* out, float* partial, const floatX* g, size_t n, float
 // ---- v2: the engine's first pass before issue 5 (a copy: it is no longer the engine's) ----------
 
 __global__ void norm_v2_partial_kernel(float* partial, const floatX* g, size_t n) {
-    __shared__ float shared[32];
-    float acc = 0.0f;
-    const size_t stride = (size_t)gridDim.x * blockDim.x;
-    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
-        const float x = to_float(g[i]);
-        acc += x * x;
-    }
-    acc = block_sum(acc, shared);
+    const float acc = block_sum_of_squares(g, n);
     if (threadIdx.x == 0) partial[blockIdx.x] = acc;
 }
 

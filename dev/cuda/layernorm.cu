@@ -503,7 +503,7 @@ static void run_shape(int N, int C, double copy_gbs, uint32_t seed, bool candida
             grid = layernorm_backward_v3_grid(N, C, ln3_teams(C, LN3_BWD_THREADS), LN3_BWD_STAGES);
         }
         const double ms = bench::time_ms([&] {
-            layernorm_backward_finish_v3_kernel<<<ceil_div(2 * C, 32), dim3(32, 32)>>>(gw, gb, scratch, grid, C);
+            layernorm_backward_finish_kernel<32><<<ceil_div(2 * C, 32), dim3(32, 32)>>>(gw, gb, scratch, grid, C);
             cudaCheckLast();
         });
         const double wide_ms = bench::time_ms([&] {

@@ -306,32 +306,10 @@ static void softmax_run(int version, floatX* out, const floatX* in, int N, int V
     cudaCheckLast();
 }
 
-// Random logits on the device: (u1 + u2 + u3 + u4 - 2) * 5.2 with u uniform in [0, 1) from a hash
-// of (seed, row, column): mean 0, std 3, |x| <= 10.4. Rows n % 5 == 1 get one spike of +40 (a nearly
-// one-hot row), rows n % 7 == 3 are shifted by +100 (exp without the max subtraction overflows),
-// the padded columns are NaN.
-__global__ void fill_logits(floatX* x, int N, int V, int Vp, uint32_t seed) {
-    const size_t total = (size_t)N * Vp;
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
-        const int n = (int)(i / Vp), v = (int)(i % Vp);
-        float value = NAN;
-        if (v < V) {
-            const uint32_t row_seed = hash_u32((uint32_t)n, seed);
-            float sum = 0.0f;
-            for (uint32_t k = 0; k < 4; k++) sum += (float)hash_u32((uint32_t)v * 4u + k, row_seed) * 2.3283064e-10f;
-            value = (sum - 2.0f) * 5.2f;
-            if (n % 5 == 1 && v == (int)((n * 7919LL) % V)) value = 40.0f;
-            if (n % 7 == 3) value += 100.0f;
-        }
-        x[i] = from_float<floatX>(value);
-    }
-}
-
-static int sm_count = 132;  // set from the device in main()
-
+// Random logits (bench::fill_logits, common.cuh): std 3, |x| <= 10.4, one-hot-like spikes on rows
+// n % 5 == 1, +100 shifts on rows n % 7 == 3, padding NaN.
 static void fill(floatX* x, int N, int V, int Vp, uint32_t seed) {
-    fill_logits<<<sm_count * 16, 256>>>(x, N, V, Vp, seed);
-    cudaCheckLast();
+    bench::fill_logits(x, NULL, N, V, Vp, seed);
 }
 
 struct Shape {
@@ -420,7 +398,6 @@ int main(int argc, char** argv) {
     }
     cudaDeviceProp prop;
     cudaCheck(cudaGetDeviceProperties(&prop, 0));
-    sm_count = prop.multiProcessorCount;
     printf("softmax: %s in, %s out, %s\n", LLMC_PRECISION_NAME, LLMC_PRECISION_NAME, prop.name);
 
     // every row checked: odd V and a partial last block (v3, v4 with 8 rows per block), a row longer
