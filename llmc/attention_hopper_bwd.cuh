@@ -25,8 +25,8 @@ dQ in its own kernel repeats S and dP (7 matrix products per tile pair instead o
 5) but needs no atomic adds into dQ, whose order would change the result from run to run.
 
 Both loops use the forward's machinery (llmc/attention_hopper.cuh): 64-column panels with the
-128-byte swizzle, fah_load_tile's cp.async copies into a ring of STAGES stages, one __syncthreads
-per tile. The per-query fp32 lse and D of a query tile travel in the same ring (4-byte cp.async).
+128-byte swizzle, TMA copies (or fah_load_tile's cp.async ones) into a ring of STAGES stages, one
+__syncthreads per tile. The per-query fp32 lse and D of a query tile travel in the same ring (4-byte cp.async).
 Causal: tiles past the diagonal are never loaded, a warpgroup skips tiles entirely masked for it,
 and only tiles crossing its diagonal (or T) are masked. Any T >= 1: rows past T are zero-filled
 on load and never written (their lse and D load as 0, and they are masked in the dk/dv kernel).
@@ -50,11 +50,13 @@ Why it is shaped this way (H200, B*H = 768, T = 1024, HS = 64, backward ms in de
 - ptxas serializes the wgmmas (C7515) when ordinary instructions write registers a wgmma
   accumulates into: accumulators are never zeroed or written in place (accumulate = 0 on the first
   product instead; P and dS get arrays of their own).
-Result: 1.20-1.21 ms against cuDNN's 1.15 (0.33 fwd + 1.15 bwd; ours with the wgmma forward 1.55
-fwd+bwd against cuDNN's 1.47); T = 2048: 2.15 vs 1.96, T = 4096: 3.98 vs 3.59; HS = 128
-(B*H = 384): 1.17 vs 0.79 (FahBwdConfig<128>: 2 warpgroups a block, the registers allow no lag).
-The 7 products (64 x 64 x 64 per tile pair, diagonal tiles whole) run at ~320 TFLOP/s, about 40%
-of the bf16 matrix rate measured on this machine (the table counts FlashAttention's 5: ~215): the
+- TMA copies (FahCfg's TMA, as the forward): one thread issues each tile, an mbarrier per stage
+  counts the bytes in; fewer registers and no per-thread copy work: 1.20 -> 1.12 ms.
+Result (2026-11-24, one run of dev/cuda/attention): 1.12 ms against cuDNN's 1.14, forward +
+backward 1.43 against 1.46 (102%); T = 2048: 2.11 vs 1.93, T = 4096: 3.89 vs 3.62; HS = 128
+(B*H = 384): 1.18 vs 0.80 (FahBwdConfig<128>: 2 warpgroups a block, the registers allow no lag).
+The 7 products (64 x 64 x 64 per tile pair, diagonal tiles whole) run at ~345 TFLOP/s, about 43%
+of the bf16 matrix rate measured on this machine (the table counts FlashAttention's 5: ~230): the
 chains S -> exp -> dV and dP -> dS -> dK of a warpgroup are serial, and the 2-3 warpgroups a
 multiprocessor holds hide only part of them.
 */
@@ -72,9 +74,8 @@ multiprocessor holds hide only part of them.
 // TMA = 1: the bf16 tiles come by TMA (one thread issues them, a per-stage mbarrier counts their
 // bytes in; llmc/attention_hopper.cuh's forward does the same) instead of every thread's cp.async;
 // the dk/dv kernel's fp32 lse and D rows still come by cp.async (plain shared loads read them).
-// Not yet run on a GPU (written when session 3's device time was spent; the TMA forward took
-// 0.355 -> 0.32 ms): dev/cuda/attention.cu's version 20 checks and times it, and production
-// keeps the cp.async copies until it passes there.
+// No per-thread address math or proxy fence per tile, and fewer registers (dk/dv 222 -> 188, dq
+// 157 -> 124 at HS = 64): backward 1.20 -> 1.12 ms at GPT-2 shapes (top comment).
 template <int NWG_, int BT_, int STAGES_, int MINB_ = 1, int LAG_ = 0, int TMA_ = 0>
 struct FahCfg {
     static constexpr int NWG = NWG_, BT = BT_, STAGES = STAGES_, MINB = MINB_, LAG = LAG_, TMA = TMA_;
@@ -468,20 +469,21 @@ __global__ void __launch_bounds__(CFG::NWG * 128, CFG::MINB)
 // launcher
 
 // The launch configurations per head size (dk/dv kernel, dq kernel), chosen by timing (top
-// comment). HS = 64: one warpgroup a block, the dk/dv kernel with 3 stages and LAG (222
-// registers), the dq kernel double-buffered (157 registers, 3 blocks a multiprocessor). HS = 128:
-// one warpgroup's dK and dV accumulators alone are 128 registers a thread; the dk/dv kernel with
-// one warpgroup spills, with 2 it fits (255 registers, no room for LAG); the dq kernel with one
-// warpgroup and LAG was slower (1.28 against 1.17 ms).
+// comment), all with TMA copies. HS = 64: one warpgroup a block, the dk/dv kernel with 3 stages
+// and LAG (188 registers), the dq kernel double-buffered (124 registers). HS = 128: one
+// warpgroup's dK and dV accumulators alone are 128 registers a thread; the dk/dv kernel with one
+// warpgroup spills, with 2 it fits (233 registers; 255 with cp.async). Slower at HS = 128 (ms,
+// 2026-11-24): the dq kernel with one warpgroup and LAG (1.28 against 1.17, cp.async), the dk/dv
+// kernel with 3 stages and LAG plus that dq kernel (1.22 against 1.17, TMA: 252 registers).
 template <int HS>
 struct FahBwdConfig {
-    typedef FahCfg<1, 64, 3, 1, 1> Dkdv;
-    typedef FahCfg<1, 64, 2> Dq;
+    typedef FahCfg<1, 64, 3, 1, 1, 1> Dkdv;
+    typedef FahCfg<1, 64, 2, 1, 0, 1> Dq;
 };
 template <>
 struct FahBwdConfig<128> {
-    typedef FahCfg<2, 64, 2> Dkdv;
-    typedef FahCfg<2, 64, 2> Dq;
+    typedef FahCfg<2, 64, 2, 1, 0, 1> Dkdv;
+    typedef FahCfg<2, 64, 2, 1, 0, 1> Dq;
 };
 
 // Same meaning as fa_backward (llmc/attention.cuh): dqkv (B, T, 3C) written, delta (B, H, T)

@@ -19,7 +19,7 @@ Versions (a course from the scalar loop to Hopper's warpgroup tensor cores):
        fp32 build's kernels, here in bf16
     2  production (attention_forward / attention_backward): on sm_90a the wgmma kernels (version
        17's forward at HS = 64, version 12's with 3 stages at HS = 128: FahFwdConfig; version 15's
-       backward but with 3 stages: FahBwdConfig), else version 3
+       backward with 3 stages and TMA copies: FahBwdConfig), else version 3
     3  flash mma.sync, FaConfig<HS>: FlashAttention-2 on mma.sync m16n8k16 tensor cores, ldmatrix,
        cp.async double buffering, exp2 online softmax, causal tile skipping, dq in its own kernel
        (deterministic, no atomics). At HS <= 64 each warp owns 2 m-tiles (32 rows): forward
@@ -58,8 +58,9 @@ Versions (a course from the scalar loop to Hopper's warpgroup tensor cores):
        and a dq kernel ("q": warpgroups of 64 rows, 64-key tiles streamed), P and dS fed to the
        next product from registers; "lag": a tile's last product runs on into the next tile
        (FahCfg's LAG); "3blk": registers capped for 3 blocks per SM. Production (FahBwdConfig<64>):
-       kv 3 stages with lag, q 2 stages. Numbers: llmc/attention_hopper_bwd.cuh's comment.
-    14 kv 2st, no lag: each tile waits for its last product: 1.40 ms (production 1.20)
+       kv 3 stages with lag, q 2 stages, tiles by TMA. Numbers: llmc/attention_hopper_bwd.cuh's
+       comment. Versions 14-16 and 19 copy with cp.async: compare them with version 20.
+    14 kv 2st, no lag: each tile waits for its last product: 1.40 ms (version 20: 1.20)
     15 kv 4st lag: one more stage, the same time as 3
     16 q lag 3blk: the dq kernel with lag and 3 stages: no gain
     17 tma 64k 4st: version 12's pipelined kernel (4 stages) with its tiles brought in by the TMA
@@ -69,9 +70,11 @@ Versions (a course from the scalar loop to Hopper's warpgroup tensor cores):
        than cuDNN; at HS = 128 slower (0.46 ms), so production keeps the cp.async kernel there
     18 tma 64k 3st: 0.319 ms
     19 128: q as kv: HS = 128's dq kernel with one warpgroup and lag (production uses 2, no lag)
-    20 tma: production's backward configuration with its bf16 tiles by TMA (FahCfg's TMA), as the
-       forward's version 17. Compiled, not yet run on a GPU (session 3 ran out of device time):
-       the first thing to run; production's backward switches to it if it passes and is faster.
+    20 cp.async: production's backward configuration with every thread's cp.async copies instead of
+       TMA (production until 2026-11-24): 1.20 ms against production's 1.12 (FahCfg's TMA, as the
+       forward's version 17: one thread issues the tiles, fewer registers). (Dropped after one
+       run, 2026-11-24, at HS = 128: the dk/dv kernel with 3 stages and lag plus the dq kernel
+       of version 19, both on TMA: 1.22 ms against production's 1.17.)
     21 cuDNN's fused SDPA through llmc/cudnn_attention.h, the engine's backend when built with
        LLMC_CUDNN (only in such a build): the same layouts and stats, deterministic backward
        algorithm; checked and timed like the others, so ours vs cuDNN is one program's ratio. The
@@ -204,8 +207,10 @@ static const Version versions[] = {
     {"wgmma bwd 128: q as kv", attention_forward,
      hopper_bwd<FahCfg<1, 64, 3, 1, 1>, FahCfg<1, 64, 2>, FahBwdConfig<128>::Dkdv, FahCfg<1, 64, 3, 1, 1>>, false, 20,
      true},
-    {"wgmma bwd tma", attention_forward, hopper_bwd<FahCfg<1, 64, 3, 1, 1, 1>, FahCfg<1, 64, 2, 1, 0, 1>>, false, 20,
-     true},
+    {"wgmma bwd cp.async", attention_forward,
+     hopper_bwd<FahCfgCpAsync<FahBwdConfig<64>::Dkdv>, FahCfgCpAsync<FahBwdConfig<64>::Dq>,
+                FahCfgCpAsync<FahBwdConfig<128>::Dkdv>, FahCfgCpAsync<FahBwdConfig<128>::Dq>>,
+     false, 20, true},
 #ifdef LLMC_CUDNN
     {"cuDNN (LLMC_CUDNN)", cudnn_fwd, cudnn_bwd, true, 20, false},
 #endif
