@@ -110,11 +110,24 @@ v4 (the engine's backward for C <= 4 * 32 * X128, 1024 bf16): v3's structure wit
     one packet per thread in v3's 5 teams of 96 threads 73.4% (the fewer shuffles alone do not
     help), KEEP (g and xhat kept in registers between the two passes over the row: 80 registers)
     77.3%. The grids were 4 blocks per SM for every block size from 32 to 128 threads, so
-    8 warps per SM (2 teams) beat 16 (4 teams) and 4 (1 team); the cap is likely the 16 named
-    barriers the kernel reserves (bar.sync with a register id), not registers or shared memory.
+    8 warps per SM (2 teams) beat 16 (4 teams) and 4 (1 team); the cap is the 16 named barriers
+    the kernel reserves (bar.sync with a register id: ptxas says "used 16 barriers"), not
+    registers or shared memory (without the barrier 8 blocks fit, and were slower: below).
   - Wider rows (C = 776 .. 1024 bf16): 3 packets per thread in two-warp teams, 2 teams, 3 stages:
     C = 1024 87.4% (148.2 us); one warp with 4 packets per thread 85.9%, 4 teams 2 stages 87.3%,
     v3 74.6%. Not measured at other C in this range.
+  - Rows interleaved across the grid (team t of block b takes rows b * teams + t + k * grid *
+    teams, not a contiguous range of the block's): every warp of the GPU then works in one moving
+    window of neighbouring rows instead of 1056 places 62 rows apart. And the partials kernel as a
+    programmatic dependent launch (sm_90: resident before the main kernel ends, waiting at
+    griddepcontrol.wait), which hides its launch. Measured (2026-11-24 session 4, two runs):
+    interleaved 89.3% / 89.0%, dependent launch 87.5% / 86.9%, both 91.1% / 88.6%, against
+    85.5% / 85.8% without either in the same runs; the engine's since. With both, 4 teams
+    85.4% / 84.4%, 3 stages 88.2% / 87.4%. Dropped after the first of those runs: a kernel
+    without the named barrier for one-warp teams (8 blocks per SM could run instead of 4: 1056
+    blocks, 81.3% / 80.6%; 1 team of one warp, 2112 blocks, 79.8% / 78.6%: more warps per SM are
+    slower here, as 4 teams above) and dinp stored with st.global.cs (85.5% / 85.2% against
+    86.1% / 85.3%).
   - The partials: v3's kernel (32 x 32 threads per 32 columns). A wider one (8 columns x 128
     lanes per block, 192 blocks at C = 768) took 8.7-9.0 us alone on 528 partials vs 8.2-8.4 us
     (both mostly launch and event overhead) and 84.3% vs 85.0% end to end; it stays in
@@ -444,10 +457,15 @@ __global__ void __launch_bounds__(32 * LNB_WARPS) layernorm_backward_v2_kernel(
 // dweight[c] += sum_b partial[b][c], dbias[c] += sum_b partial[b][C + c] over the `parts` partial
 // rows in scratch, b in index order: thread (x, y) of a 32 x LANES block sums b = y, y + LANES, ...
 // of column blockIdx.x * 32 + x, then row y = 0 adds the LANES sums in order. Grid: ceil(2C / 32)
-// blocks. The v2 backward uses 8 lanes; v3 and v4, with hundreds of partial rows, 32.
+// blocks. The v2 backward uses 8 lanes; v3 and v4, with hundreds of partial rows, 32. It may be
+// launched as a programmatic dependent launch of the kernel that writes scratch (sm_90: it is
+// then resident early and waits here until that kernel finished and its writes are visible).
 template <int LANES>
 __global__ void __launch_bounds__(32 * LANES) layernorm_backward_finish_kernel(floatX* dweight, floatX* dbias,
                                                                                 const float* scratch, int parts, int C) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
     __shared__ float tile[LANES][33];
     const int j = blockIdx.x * 32 + threadIdx.x;
     float acc = 0.0f;
@@ -912,6 +930,12 @@ static void layernorm_backward_v3(floatX* dinp, floatX* dweight, floatX* dbias, 
 #define LN4_BWD_WIDE_STAGES 3 // the same for wider rows (3 packets per thread, two-warp teams)
 #define LN4_MAX_PACKETS 4     // packets per thread at most (2 * P * X128 accumulators; 128 registers)
 #define LN4_MAX_THREADS 256   // threads per block at most with 2 or 3 packets per thread
+#ifndef LN4_BWD_INTERLEAVE
+#define LN4_BWD_INTERLEAVE true  // the engine's Ln4Config options (below; -D can set them to time another)
+#endif
+#ifndef LN4_BWD_PDL
+#define LN4_BWD_PDL true
+#endif
 
 // threads per block at most for P packets per thread (launch bounds, with 2 such blocks per SM):
 // one packet fits in 64 registers (512 threads, as v3); 2 or 3 in 128; 4 need more (at 128 they
@@ -940,12 +964,14 @@ static inline size_t ln4_smem_bytes(int teams, int team_threads, int stages, int
 }
 
 // Block b takes rows [b * N / grid, (b + 1) * N / grid); team t of it the rows t, t + teams, ....
+// interleave: team t of block b takes the rows (b * teams + t) + k * grid * teams instead, so the
+// rows in flight on the whole GPU at a time are neighbours (one moving window through the tensors).
 // scratch[b][0..C) gets the block's dweight partial sums, [C..2C) its dbias partial sums.
 // Thread t of a team owns the packets t, t + team_threads, ... (P of them) of every row.
 template <int STAGES, int P>
 __global__ void __launch_bounds__(ln4_max_threads(P), 2) layernorm_backward_v4_kernel(
     floatX* dinp, float* scratch, const floatX* dout, const floatX* inp, const floatX* weight, const float* mean,
-    const float* rstd, int N, int C, int teams) {
+    const float* rstd, int N, int C, int teams, bool interleave) {
     extern __shared__ float4 ln4_shared[];  // float4: 16-byte alignment
     const int team_threads = blockDim.x / teams;
     const int team = threadIdx.x / team_threads, t = threadIdx.x % team_threads;
@@ -958,10 +984,17 @@ __global__ void __launch_bounds__(ln4_max_threads(P), 2) layernorm_backward_v4_k
     float2* my_stats = reinterpret_cast<float2*>(smem + rows_bytes) + (size_t)team * STAGES * team_threads;
     float2* my_red = reinterpret_cast<float2*>(smem + rows_bytes + stats_bytes) + team * 2 * (LN3_MAX_TEAM / 32);
 
-    const int row_begin = (int)((long long)blockIdx.x * N / gridDim.x);
-    const int row_end = (int)((long long)(blockIdx.x + 1) * N / gridDim.x);
-    const int team_rows = row_end - row_begin > team ? ceil_div(row_end - row_begin - team, teams) : 0;
+    // the team's rows: first, first + step, ... below last
+    const int first = interleave ? blockIdx.x * teams + team : (int)((long long)blockIdx.x * N / gridDim.x) + team;
+    const int last = interleave ? N : (int)((long long)(blockIdx.x + 1) * N / gridDim.x);
+    const int step = interleave ? gridDim.x * teams : teams;
+    const int team_rows = first < last ? ceil_div(last - first, step) : 0;
     const int stride = team_threads * X128;  // channels between a thread's packets
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    // a programmatic dependent launch behind this one (the partials kernel) may start now: it
+    // waits for this grid's end itself
+    asm volatile("griddepcontrol.launch_dependents;");
+#endif
     const int c0 = t * X128;                 // this thread's first packet of every row
     const bool active = c0 < C;
     const float inv_C = 1.0f / C;
@@ -985,7 +1018,7 @@ __global__ void __launch_bounds__(ln4_max_threads(P), 2) layernorm_backward_v4_k
     // starts the copies of the team's k-th row into stage k % STAGES (an empty group past the end)
     auto issue = [&](int k) {
         if (k < team_rows && active) {
-            const int row = row_begin + team + k * teams;
+            const int row = first + k * step;
             x128* slot = my_rows + (size_t)(k % STAGES) * 3 * P * team_threads + t;
 #pragma unroll
             for (int p = 0; p < P; p++) {
@@ -1065,7 +1098,7 @@ __global__ void __launch_bounds__(ln4_max_threads(P), 2) layernorm_backward_v4_k
             // dx = rstd * (g - mean(g) - xhat * mean(g * xhat)) = rstd * g + (shift + xhat * scale)
             const float2 ms = *st;
             const float shift = -ms.y * gs * inv_C, scale = -ms.y * gxs * inv_C;
-            const int row = row_begin + team + k * teams;
+            const int row = first + k * step;
 #pragma unroll
             for (int p = 0; p < P; p++) {
                 const int c = c0 + p * stride;
@@ -1108,18 +1141,22 @@ __global__ void __launch_bounds__(ln4_max_threads(P), 2) layernorm_backward_v4_k
     for (int j = threadIdx.x; j < 2 * C; j += blockDim.x) partial[j] = acc[j];
 }
 
-// A launch configuration of the v4 backward.
+// A launch configuration of the v4 backward. interleave: rows dealt out across the whole grid
+// (the kernel's comment); pdl: the partials kernel as a programmatic dependent launch.
 struct Ln4Config {
     int teams, stages, packets;
+    bool interleave, pdl;
 };
 // The engine's (for C with layernorm_v4_backward_supported(C)), the best measured: rows of at most
 // 3 * 32 packets (C <= 768 bf16) are one warp's, 2 teams per block, 2 stages (C = 768: 85.0% of
 // copy; 3 stages 82.1%); wider rows (up to 4 * 32 packets) take 3 packets per thread in two-warp
-// teams, 2 teams, 3 stages (C = 1024: 87.4%; one warp with 4 packets per thread 85.9%).
+// teams, 2 teams, 3 stages (C = 1024: 87.4%; one warp with 4 packets per thread 85.9%). Rows
+// interleaved across the grid and the partials kernel as a dependent launch (LN4_BWD_INTERLEAVE,
+// LN4_BWD_PDL): C = 768 88.6-91.1% (not measured at C = 1024 with them).
 static inline Ln4Config ln4_engine_config(int C) {
     const int packets = ln4_packets(C);
     const Ln4Config k = {LN4_BWD_TEAMS, packets <= 3 ? LN4_BWD_STAGES : LN4_BWD_WIDE_STAGES,
-                         packets <= 3 ? packets : 3};
+                         packets <= 3 ? packets : 3, LN4_BWD_INTERLEAVE, LN4_BWD_PDL};
     return k;
 }
 static inline bool ln4_config_ok(int C, const Ln4Config& k) {
@@ -1180,7 +1217,7 @@ static int layernorm_backward_v4_partials(floatX* dinp, float* scratch, const fl
     const size_t smem = ln4_smem_bytes(k.teams, team_threads, k.stages, k.packets);
     ln4_with_kernel(C, k, [&](auto kernel) {
         kernel<<<grid, k.teams * team_threads, smem, stream>>>(dinp, scratch, dout, inp, weight, mean, rstd, N, C,
-                                                               k.teams);
+                                                               k.teams, k.interleave);
     });
     cudaCheckLast();
     return grid;
@@ -1192,9 +1229,17 @@ static void layernorm_backward_v4(floatX* dinp, floatX* dweight, floatX* dbias, 
                                   const floatX* inp, const floatX* weight, const float* mean, const float* rstd, int N,
                                   int C, cudaStream_t stream, const Ln4Config& k) {
     const int grid = layernorm_backward_v4_partials(dinp, scratch, dout, inp, weight, mean, rstd, N, C, stream, k);
-    layernorm_backward_finish_kernel<32><<<ceil_div(2 * C, 32), dim3(32, 32), 0, stream>>>(dweight, dbias, scratch,
-                                                                                         grid, C);
-    cudaCheckLast();
+    cudaLaunchConfig_t launch = {};
+    launch.gridDim = dim3(ceil_div(2 * C, 32));
+    launch.blockDim = dim3(32, 32);
+    launch.stream = stream;
+    cudaLaunchAttribute pdl;
+    pdl.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    pdl.val.programmaticStreamSerializationAllowed = 1;
+    launch.attrs = &pdl;
+    launch.numAttrs = k.pdl ? 1 : 0;
+    cudaCheck(cudaLaunchKernelEx(&launch, layernorm_backward_finish_kernel<32>, dweight, dbias, (const float*)scratch,
+                                 grid, C));
 }
 
 // ----------------------------------------------------------------------------------------------

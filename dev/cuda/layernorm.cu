@@ -40,12 +40,16 @@ prints the engine and the older versions; --v4 adds the candidates.
   v4  backward (the engine's for C <= 1024 bf16): v3 with fewer instructions per row (5 shuffles
       for a warp's two sums instead of 10, dx as two FMAs) and P packets per thread, so a C = 768
       row is one warp's (3 packets: no team barrier), in blocks of 2 teams, 2 stages; wider rows:
-      3 packets per thread, two-warp teams, 3 stages. Candidates (--v4): the wide partials kernel
-      below instead of v3's, 1 or 4 teams per block, 3 stages, 4 packets per thread, and one
-      packet per thread in 5 teams of 96 (v3's shape with v4's arithmetic). Dropped after the
-      2026-11-24 runs (numbers in the header comment): a v4 forward (one-wave grid, next row
-      loaded before the current one is computed: 76.5% vs v3's 84.9%), KEEP (g and xhat kept in
-      registers between the passes: 77.3%), 8 teams of one warp (76.0%).
+      3 packets per thread, two-warp teams, 3 stages. Both with rows interleaved across the grid
+      and the partials kernel as a programmatic dependent launch (C = 768: 88.6-91.1% against
+      85.5-85.8% without). Candidates (--v4): without one or both of those two, the wide
+      partials kernel below instead of v3's, 1 or 4 teams per block, 3 stages, 4 packets per
+      thread, and one packet per thread in 5 teams of 96 (v3's shape with v4's arithmetic).
+      Dropped after the 2026-11-24 runs (numbers in the header comment): a v4 forward (one-wave
+      grid, next row loaded before the current one is computed: 76.5% vs v3's 84.9%), KEEP (g and
+      xhat kept in registers between the passes: 77.3%), 8 teams of one warp (76.0%), a kernel
+      without the team barrier for one-warp teams (twice the blocks per SM: 80.6-81.3%), dinp
+      stored with st.global.cs (no gain).
   Forward launch options of v3 (plain and fused; the engine's are llmc/layernorm.cuh's LN3_FWD_*
   and LN3_FUSED_* defines, which -D can set to time another as the engine's): 1, 2, 4 or 8 warps
   per block (a block's slot frees only when its slowest row is done: smaller blocks free theirs
@@ -187,30 +191,36 @@ static void run_forward(const FwdVersion& v, floatX* residual, floatX* out, floa
 
 // backward: v1, v2; v3 with at most `threads` threads per block (whole teams) and `stages`; v4 with
 // `teams` per block, `stages`, `packets` per thread (packets 0: the engine's configuration for C)
-// and `wide` (the wide partials kernel). candidate: run only with --v4.
+// `wide` (the wide partials kernel), `interleave` (rows dealt out across the grid) and `pdl` (the
+// partials kernel as a programmatic dependent launch). candidate: run only with --v4.
 struct BwdVersion {
     int version, threads, teams, stages, packets;
-    bool wide, candidate;
+    bool wide, candidate, interleave, pdl;
 };
 static const BwdVersion BWD_VERSIONS[] = {
-    {1, 0, 0, 0, 0, false, false},
-    {2, 0, 0, 0, 0, false, false},
-    {3, LN3_BWD_THREADS, 0, LN3_BWD_STAGES, 0, false, false},  // v3 as the engine ran it
-    {4, 0, 0, 0, 0, false, false},                             // v4 as the engine runs it
-    {3, 96, 0, 4, 0, false, true},
-    {3, 384, 0, 2, 0, false, true},
-    {3, 384, 0, 6, 0, false, true},
-    {4, 0, 2, 2, 3, true, true},  // the first v4 run's best: the engine's, with the wide partials kernel
-    {4, 0, 1, 2, 3, false, true},
-    {4, 0, 2, 3, 3, false, true},
-    {4, 0, 2, 2, 4, false, true},  // one warp with 4 packets per thread (C = 1024 bf16)
-    {4, 0, 4, 2, 3, false, true},
-    {4, 0, 5, 4, 1, false, true}};
+    {1, 0, 0, 0, 0, false, false, false, false},
+    {2, 0, 0, 0, 0, false, false, false, false},
+    {3, LN3_BWD_THREADS, 0, LN3_BWD_STAGES, 0, false, false, false, false},  // v3 as the engine ran it
+    {4, 0, 0, 0, 0, false, false, false, false},                             // v4 as the engine runs it
+    {3, 96, 0, 4, 0, false, true, false, false},
+    {3, 384, 0, 2, 0, false, true, false, false},
+    {3, 384, 0, 6, 0, false, true, false, false},
+    {4, 0, 2, 2, 3, true, true, false, false},  // the first v4 run's best: the engine's, with the wide partials kernel
+    {4, 0, 1, 2, 3, false, true, false, false},
+    {4, 0, 2, 3, 3, false, true, false, false},
+    {4, 0, 2, 2, 4, false, true, false, false},  // one warp with 4 packets per thread (C = 1024 bf16)
+    {4, 0, 4, 2, 3, false, true, false, false},
+    {4, 0, 5, 4, 1, false, true, false, false},
+    {4, 0, 2, 2, 3, false, true, false, false},  // the engine's before 2026-11-24's session 4
+    {4, 0, 2, 2, 3, false, true, true, false},   // interleaved rows alone
+    {4, 0, 2, 2, 3, false, true, false, true},   // the dependent launch alone
+    {4, 0, 4, 2, 3, false, true, true, true},
+    {4, 0, 2, 3, 3, false, true, true, true}};
 
 // the v4 launch configuration of a v4 entry (only for version 4; packets 0: the engine's)
 static Ln4Config backward_config_v4(const BwdVersion& v, int C) {
     if (v.packets == 0) return ln4_engine_config(C);
-    const Ln4Config k = {v.teams, v.stages, v.packets};
+    const Ln4Config k = {v.teams, v.stages, v.packets, v.interleave, v.pdl};
     return k;
 }
 static bool backward_applies(const BwdVersion& v, int C, bool candidates) {
@@ -221,12 +231,13 @@ static bool backward_applies(const BwdVersion& v, int C, bool candidates) {
     if (v.packets == 0 && !layernorm_v4_backward_supported(C)) return false;
     return ln4_config_ok(C, backward_config_v4(v, C));
 }
-// (version, teams, stages, packets, wide): two entries with the same key run the same kernels
+// (version, teams, stages, packets, wide, interleave, pdl): two entries with the same key run the
+// same kernels
 static std::vector<int> backward_key(const BwdVersion& v, int C) {
-    if (v.version == 3) return {3, ln3_teams(C, v.threads), v.stages, 1, 0};
+    if (v.version == 3) return {3, ln3_teams(C, v.threads), v.stages, 1, 0, 0, 0};
     if (v.version == 4) {
         const Ln4Config k = backward_config_v4(v, C);
-        return {4, k.teams, k.stages, k.packets, v.wide ? 1 : 0};
+        return {4, k.teams, k.stages, k.packets, v.wide ? 1 : 0, k.interleave ? 1 : 0, k.pdl ? 1 : 0};
     }
     return {v.version};
 }
@@ -237,7 +248,7 @@ static bool backward_is_engine(const BwdVersion& v, int C) {
     }
     if (v.version != 4 || !layernorm_v4_backward_supported(C)) return false;
     const Ln4Config k = ln4_engine_config(C);
-    const std::vector<int> engine = {4, k.teams, k.stages, k.packets, 0};
+    const std::vector<int> engine = {4, k.teams, k.stages, k.packets, 0, k.interleave ? 1 : 0, k.pdl ? 1 : 0};
     return backward_key(v, C) == engine;
 }
 static std::string backward_name(const BwdVersion& v, int C) {
@@ -251,6 +262,8 @@ static std::string backward_name(const BwdVersion& v, int C) {
     if (v.version == 4) name += std::to_string(key[3]) + " pkt, ";
     name += std::to_string(v.stages) + " stages";
     if (v.wide) name += ", wide partials kernel";
+    if (key[5]) name += ", interleaved rows";
+    if (key[6]) name += ", dependent launch";
     return name + ")";
 }
 static size_t backward_scratch_floats(const BwdVersion& v, int N, int C) {
