@@ -19,32 +19,54 @@ Why the backward needs help from the host: many positions can hold the same toke
 scatters dout rows into dwte needs atomics, whose summation order (and so the rounded result)
 changes from run to run. Instead the host, which holds the token ids anyway, groups the positions
 by token (encoder_backward_plan below): a list of distinct tokens ("buckets"), and for each, its
-positions in increasing order. Each dwte element is then summed by one thread, over its token's
-positions in that fixed order: deterministic, and no partial sums in global memory.
+positions in increasing order. Every sum then has a fixed order: deterministic, bit for bit.
 
 Why the plan is ordered by bucket size: text is skewed. In tinyshakespeare the newline token fills
-12% of a 64 x 1024 batch (8,100 positions), "," another 6%. A single block summing such a token
-alone would take milliseconds while the rest is done in tens of microseconds. So the plan lists
-the "hot" tokens (more than ENCODER_COLD_ROWS positions) first, largest first, then the others,
-largest first, and dwte is computed by two kernels:
-  cold  (<= ENCODER_COLD_ROWS positions) one warp per token, the whole row; the large ones start
-        first, the many single-position tokens fill in behind them.
-  hot   split by columns, not by rows: a token gets as many column slices as it takes for each of
-        a block's 512 threads to sum about ENCODER_ROWS_PER_LANE positions (one slice, the whole
-        row, for a token just above the cold limit; 24 slices of 64 bytes for the newline token
-        above). In a block, each row-lane sums every lanes-th position in order, and the row-lanes
-        are added in a fixed order through shared memory. Every dwte element still has one owner,
-        so no atomics and no scratch. A persistent grid (what fits on the GPU at once) walks the
-        (token, slice) items, largest token first, and stops at the first cold token.
+12% of a 64 x 1024 batch (8,100 positions), "," another 6%. So the plan lists the "split" tokens
+(more than ENCODER_COLD_ROWS = 32 positions) first, largest first, then the others, largest first,
+and dwte is computed by two kernels (v3, 2026-11-24):
+  rows    one warp per item, whole rows (1.5 KB per row at C = 768 bf16, read in one go), one
+          row after the other (the loads of 2 or 4 rows in flight measured level or slower). The
+          items: the 32-position chunks of the split tokens' positions (which come first in the
+          plan, so they are a prefix of `positions`), then one item per other token (<= 32
+          positions, summed straight into dwte). A chunk holds the tail of one
+          split token and/or the head of the next; each part's fp32 sum goes to its own row of a
+          scratch buffer (two rows per chunk: encoder_backward_scratch_floats). So the split
+          tokens' rows are spread evenly over warps however skewed the text, and every row of dout
+          is read once, whole and contiguous.
+  reduce  dwte[token] += the split token's partial rows, in position order (a persistent grid of
+          blocks, items (token, 128-column tile); in a block, the warps sum interleaved partials in
+          order and one warp adds the warps' sums in order). The partials (<= 12.6 MB at GPT-2
+          124M shapes, mostly from L2) are ~1% of the bytes.
+The chunk boundaries depend only on the plan, so the result is the same bits run to run.
 dwpe is a column sum over b: one thread per (t, packet), b in order.
 
 Each gradient needs all of dout, so the backward reads dout twice (once for dwpe, once for dwte):
 a single pass would have to reduce every row into two different groupings (by t and by token),
-which without atomics needs partial sums the size of dout.
+which without atomics needs partial sums the size of dout (or, split by ranges of b so that the
+second read hits L2, per-range partial rows of every token seen in two ranges: ~16,000 distinct
+tokens, tens of MB of partials at these shapes, as many bytes as the second read of dout saves;
+not built). So the backward tops out near half of the copy bandwidth on the "dout once" count.
 
-History (issue 5, dev/cuda/encoder.cu measures both): before, the forward was one thread per
-element with a division per element and 2-byte loads, and dwte was one block per token with scalar
-loads, so the newline token above serialized ~8,100 rows on one SM; the plan was in token order.
+Measured (dev/cuda/encoder.cu, H200, B = 64, T = 1024, C = 768 bf16, 2026-11-24, three runs), the
+whole backward: Zipf tokens v2 207.8 / 210.1 / 206.5 us (18%); v3 with 2 rows in flight 91.6 /
+91.3 / 92.5 us (40-41%), with 1 row (the engine's) - / 90.3 / 90.6 us (41.3-41.4%); uniform
+tokens v2 109.4 / 110.0 / 109.8 us, v3 2 rows 110.1 / 108.5 / 108.7 us, 1 row - / 108.9 / 108.1 us
+(48-49%, unchanged: nearly every token is cold there). The dwte pass alone (Zipf) 180-184 us (v2)
+-> 62.7-65.1 us (56-58% on its count: it reads dout plus the touched dwte rows twice), the dwpe
+pass 32.2-33.7 us (75-78%). In fp32 the v3 dwte pass runs at 80.0% (91.1 us). What lost: 4 rows in
+flight 101.9-103.5 us, 8 rows 136.7 us (the registers cost warps per SM: 168 and 255 per thread
+against 109 for 1 row), 8 warps per block with 4 rows 125.7 us (with 2 rows 91.9 us, level);
+register caps by __launch_bounds__ (64 or 85 registers) spill and ran at 135-286 us. dwpe with 8
+or 16 rows per load batch instead of 4: 34.5 / 34.0 us vs 32.3 us (95 and 168 registers: its 384
+blocks no longer fit in one wave).
+
+History (issue 5, dev/cuda/encoder.cu measures every version): before, the forward was one thread
+per element with a division per element and 2-byte loads, and dwte was one block per token with
+scalar loads, so the newline token above serialized ~8,100 rows on one SM; the plan was in token
+order. v2 (2026-11-24) split frequent tokens into column slices as narrow as 64 bytes over up to
+24 persistent blocks, and walked a rare token's rows one at a time: 181-184 us for the dwte pass
+on Zipf tokens.
 */
 #ifndef LLMC_ENCODER_CUH
 #define LLMC_ENCODER_CUH
@@ -55,12 +77,9 @@ loads, so the newline token above serialized ~8,100 rows on one SM; the plan was
 
 #include "llmc/cuda_common.cuh"
 
-#define ENCODER_COLD_ROWS 32        // a token with at most this many positions: one warp (cold kernel)
-#define ENCODER_WARP_PACKETS 4      // cold kernel: packets per lane in flight (a row of up to 1024 bf16)
-#define ENCODER_BATCH 4             // dwpe and hot kernels: rows each thread loads before adding them
-#define ENCODER_HOT_THREADS 512     // hot kernel: block size
-#define ENCODER_ROWS_PER_LANE 32    // hot kernel: positions per row-lane it aims for (sets the slices)
-#define ENCODER_MIN_SLICE 4         // hot kernel: narrowest column slice, in packets (64 bytes for V = X128)
+#define ENCODER_COLD_ROWS 32    // a token with at most this many positions: one warp; more: split in chunks
+#define ENCODER_WARP_PACKETS 4  // dwte rows kernel: packets per lane and pass (a row of up to 1024 bf16)
+#define ENCODER_BATCH 4         // dwte reduce kernel: partial rows each thread loads before adding them
 
 // V consecutive values of floatX, read or written as one access (16 bytes when V == X128)
 template <int V>
@@ -127,13 +146,21 @@ static void encoder_forward_v3(floatX* out, const int* inp, const floatX* wte, c
 // 75.9% / 75.4%; cs stores with 4 warps 77.0% / 76.4%, 2 warps 76.6% / 75.8%; with evict_last
 // loads too, 2 warps 77.6% / 77.0%, 8 warps 77.3% / 70.9%; v3 75.7% / 73.2% / 71.1%. More rows per
 // warp cost warps per SM and were slower (2 rows 67.8-71.9%; 4 rows 49.9-52.4%: 185 registers),
-// and so was a register cap for 64 warps per SM (32 registers: 30.0-42.9%). The engine: one row,
-// 4 warps per block, cs stores. Not evict_last: it gained about a point, within the runs' spread,
-// and leaves the wte rows it touched (up to 77 MB) at the top of L2's keep order for the kernels
-// that follow. None reaches the 85%-of-copy target. A likely reason, not measured: on the count
-// of bytes used here (distinct wte rows, wpe, out) the kernel moves 127 MB in ~40 us, so what a
-// launch costs whatever its size (start, ramp-up, the last blocks) weighs more than in the larger
-// kernels (the layernorm forward moves 201 MB: 86.8%, its fused form 402 MB: 92%).
+// and so was a register cap for 64 warps per SM (32 registers: 30.0-42.9%). The engine's: one
+// row, 4 warps per block, cs stores, plain loads. Later runs the same day (four, during the
+// backward work): cs stores 4 warps 78.1% / 80.2% / 80.1% / 79.2%, with evict_last 82.3% / 82.3%
+// / 82.3% / 79.9% (8 warps 81.7% / 80.0% / 79.6%, 2 warps 81.8% / 80.3% / 82.4%): evict_last is
+// ahead in each run, by 2 points on average, under 1 us of a step. The engine still loads plainly
+// because evict_last's cost is outside this kernel and unmeasured: the wte rows it touched (25 MB
+// of distinct rows at these shapes, up to 77 MB) stay at the top of L2's keep order for the
+// kernels that follow (layer 0's matmuls and layernorms). -DENCODER_FWD_KEEP=true selects it.
+// dev/cuda/encoder.cu
+// v5 (a warp takes one t for 2-8 batch rows, sharing the wpe row) and v6 (persistent grid,
+// next row prefetched) lost (73-78% and 66-69%). None reaches the 85%-of-copy target. A likely
+// reason, not measured: on the count of bytes used here (distinct wte rows, wpe, out) the kernel
+// moves 127 MB in ~40 us, so what a launch costs whatever its size (start, ramp-up, the last
+// blocks) weighs more than in the larger kernels (the layernorm forward moves 201 MB: 86.8%, its
+// fused form 402 MB: 92%).
 #define ENCODER_V4_MAX_VPL 4  // packets per lane v4 handles (C <= 4 * 32 * X128, 1024 bf16), else v3
 
 __device__ static inline void encoder_store128cs(floatX* p, const x128& x) {
@@ -229,7 +256,8 @@ static void encoder_forward_v4(floatX* out, const int* inp, const floatX* wte, c
     cudaCheckLast();
 }
 
-// The engine's forward: v4 with these launch options where it applies (else v3); ENCODER_FWD_ROWS
+// The engine's forward: v4 with these launch options where it applies (else v3: 16-byte accesses and
+// C <= 1024 bf16 / 512 fp32 needed); ENCODER_FWD_ROWS
 // 0 runs v3 everywhere. Each can be set with -D at build time, to measure another one as the
 // engine's.
 #ifndef ENCODER_FWD_ROWS
@@ -259,9 +287,16 @@ static void encoder_forward(floatX* out, const int* inp, const floatX* wte, cons
 // Host-side grouping of positions by token. `plan` is an int array of 3*B*T + 1 entries laid out as
 // [tokens (n) | starts (n+1) | positions (B*T)] where n, the number of distinct tokens, is returned:
 // bucket k is token tokens[k] at positions[starts[k] .. starts[k+1]), increasing. Buckets are ordered
-// hot (more than ENCODER_COLD_ROWS positions) first, then by decreasing count, ties by increasing
-// token id: the kernels rely on the hot ones coming first. O(B*T + V) plus an insertion sort of
-// the hot tokens, at most B*T / (ENCODER_COLD_ROWS + 1) of them.
+// split (more than ENCODER_COLD_ROWS positions) first, then by decreasing count, ties by increasing
+// token id: the kernels rely on the split ones coming first. The positions of a split token carry
+// flags in their top bits (positions are < 2^29 where the plan fits in an int: 3*B*T + 1 < 2^31):
+// ENCODER_SPLIT_FLAG on each of them, ENCODER_FIRST_FLAG also on its first one; the kernels mask
+// them off with ENCODER_POSITION_MASK. The split positions are so a prefix of `positions`, and a
+// 32-position chunk of it holds at most one first position (a split token has more than 32).
+// O(B*T + V) plus an insertion sort of the split tokens, at most B*T / (ENCODER_COLD_ROWS + 1).
+#define ENCODER_SPLIT_FLAG 0x40000000
+#define ENCODER_FIRST_FLAG ((int)0x80000000u)
+#define ENCODER_POSITION_MASK 0x3FFFFFFF
 typedef struct {
     int* counts;  // (V) scratch
     int vocab_size;
@@ -271,22 +306,22 @@ static int encoder_backward_plan(EncoderPlanner* p, const int* inputs, int BT, i
     int* counts = p->counts;
     memset(counts, 0, sizeof(int) * (size_t)p->vocab_size);
     for (int i = 0; i < BT; i++) counts[inputs[i]]++;
-    // class of a token: its count, capped at HOT = ENCODER_COLD_ROWS + 1 for all the hot ones
-    enum { HOT = ENCODER_COLD_ROWS + 1 };
-    int per_class[HOT + 1] = {0};
+    // class of a token: its count, capped at SPLIT = ENCODER_COLD_ROWS + 1 for all the split ones
+    enum { SPLIT = ENCODER_COLD_ROWS + 1 };
+    int per_class[SPLIT + 1] = {0};
     for (int v = 0; v < p->vocab_size; v++)
-        if (counts[v] > 0) per_class[counts[v] < HOT ? counts[v] : HOT]++;
-    int first[HOT + 1];  // where each class starts in `tokens`: HOT, then HOT-1, ..., 1
+        if (counts[v] > 0) per_class[counts[v] < SPLIT ? counts[v] : SPLIT]++;
+    int first[SPLIT + 1];  // where each class starts in `tokens`: SPLIT, then SPLIT-1, ..., 1
     int n = 0;
-    for (int c = HOT; c >= 1; c--) {
+    for (int c = SPLIT; c >= 1; c--) {
         first[c] = n;
         n += per_class[c];
     }
     int* tokens = plan;
     for (int v = 0; v < p->vocab_size; v++)
-        if (counts[v] > 0) tokens[first[counts[v] < HOT ? counts[v] : HOT]++] = v;
-    // the hot ones by decreasing count (insertion sort, stable: ties keep increasing token id)
-    for (int i = 1; i < per_class[HOT]; i++) {
+        if (counts[v] > 0) tokens[first[counts[v] < SPLIT ? counts[v] : SPLIT]++] = v;
+    // the split ones by decreasing count (insertion sort, stable: ties keep increasing token id)
+    for (int i = 1; i < per_class[SPLIT]; i++) {
         const int v = tokens[i];
         int j = i;
         for (; j > 0 && counts[tokens[j - 1]] < counts[v]; j--) tokens[j] = tokens[j - 1];
@@ -305,14 +340,19 @@ static int encoder_backward_plan(EncoderPlanner* p, const int* inputs, int BT, i
     }
     starts[n] = offset;
     for (int i = 0; i < BT; i++) positions[counts[inputs[i]]++] = i;
+    for (int k = 0; k < per_class[SPLIT]; k++) {
+        for (int i = starts[k]; i < starts[k + 1]; i++) positions[i] |= ENCODER_SPLIT_FLAG;
+        positions[starts[k]] |= ENCODER_FIRST_FLAG;
+    }
     return n;
 }
 
 // ---- backward kernels -----------------------------------------------------------------------
 
-// dwpe[t, :] += sum_b dout[b, t, :]: one thread per (t, packet), b in order, ENCODER_BATCH rows
-// loaded before they are added
-template <int V>
+// dwpe[t, :] += sum_b dout[b, t, :]: one thread per (t, packet), b in order, BATCH rows loaded
+// before they are added (the engine's v2 had BATCH = 4: 16 round trips to memory per thread at
+// B = 64, and only 384 blocks of 256 threads at GPT-2 124M shapes, so few bytes in flight)
+template <int V, int BATCH>
 __global__ void encoder_backward_wpe_kernel(floatX* __restrict__ dwpe, const floatX* __restrict__ dout, int B,
                                             int T, int C) {
     const int packets = C / V;
@@ -321,13 +361,13 @@ __global__ void encoder_backward_wpe_kernel(floatX* __restrict__ dwpe, const flo
     const size_t offset = (size_t)(idx / packets) * C + (size_t)(idx % packets) * V;  // (t, c)
     const size_t stride = (size_t)T * C;                                              // from b to b + 1
     float acc[V] = {};
-    for (int b0 = 0; b0 < B; b0 += ENCODER_BATCH) {
-        EncoderPack<V> x[ENCODER_BATCH];
+    for (int b0 = 0; b0 < B; b0 += BATCH) {
+        EncoderPack<V> x[BATCH];
 #pragma unroll
-        for (int j = 0; j < ENCODER_BATCH; j++)
+        for (int j = 0; j < BATCH; j++)
             if (b0 + j < B) x[j] = encoder_load<V>(dout + (size_t)(b0 + j) * stride + offset);
 #pragma unroll
-        for (int j = 0; j < ENCODER_BATCH; j++)
+        for (int j = 0; j < BATCH; j++)
             if (b0 + j < B)
                 for (int k = 0; k < V; k++) acc[k] += to_float(x[j].v[k]);
     }
@@ -336,45 +376,113 @@ __global__ void encoder_backward_wpe_kernel(floatX* __restrict__ dwpe, const flo
     encoder_store<V>(dwpe + offset, g);
 }
 
-// dwte of the cold tokens: one warp per bucket. Lane i holds the bucket's i-th position (a cold
-// bucket has at most 32); each lane reads its dwte packets (up to ENCODER_WARP_PACKETS of them, a
-// second pass when C is wider), then adds the bucket's rows in order, all its packets of a row in
-// flight together.
-static_assert(ENCODER_COLD_ROWS <= 32, "the cold kernel keeps one position per lane");
-template <int V>
-__global__ void encoder_backward_wte_cold_kernel(floatX* __restrict__ dwte, const floatX* __restrict__ dout,
-                                                 const int* __restrict__ tokens, const int* __restrict__ starts,
-                                                 const int* __restrict__ positions, int n, int C) {
-    const int k = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
-    if (k >= n) return;
-    const int begin = starts[k], count = starts[k + 1] - begin;
-    if (count > ENCODER_COLD_ROWS) return;  // the hot kernel's
-    const int lane = threadIdx.x % 32;
-    const int my_position = lane < count ? positions[begin + lane] : 0;
-    floatX* g = dwte + (size_t)tokens[k] * C;
-    const int step = 32 * V;  // columns between a lane's packets
-    // every lane runs every pass (the shuffle below needs the whole warp), masked past C
-    for (int base = 0; base < C; base += ENCODER_WARP_PACKETS * step) {
-        const int c0 = base + lane * V;
-        EncoderPack<V> old[ENCODER_WARP_PACKETS];
+// Sums rows r0 .. r1-1 of a warp's list of dout rows into acc, in order; lane r holds the position
+// of row r (so r1 <= 32), each lane sums the columns c0 + j * 32 * V (j < P, masked past C). The
+// loads of U rows are issued before the first of them is added: a warp of the engine's v2 cold
+// kernel walked its up to 32 rows one at a time, one round trip to memory each.
+template <int V, int P, int U>
+__device__ static inline void encoder_sum_rows(float (&acc)[P][V], const floatX* __restrict__ dout, int my_position,
+                                               int r0, int r1, int c0, int C) {
+    const int step = 32 * V;
+    for (int i = r0; i < r1; i += U) {  // warp-uniform: every lane takes part in the shuffles
+        EncoderPack<V> x[U][P];
 #pragma unroll
-        for (int j = 0; j < ENCODER_WARP_PACKETS; j++)
-            if (c0 + j * step < C) old[j] = encoder_load<V>(g + c0 + j * step);
-        float acc[ENCODER_WARP_PACKETS][V] = {};
-#pragma unroll 1
-        for (int i = 0; i < count; i++) {
-            const floatX* d = dout + (size_t)__shfl_sync(0xFFFFFFFFu, my_position, i) * C;
-            EncoderPack<V> x[ENCODER_WARP_PACKETS];
+        for (int u = 0; u < U; u++) {
+            const int position = __shfl_sync(0xFFFFFFFFu, my_position, (i + u) & 31);
+            if (i + u < r1) {
+                const floatX* d = dout + (size_t)position * C;
 #pragma unroll
-            for (int j = 0; j < ENCODER_WARP_PACKETS; j++)
-                if (c0 + j * step < C) x[j] = encoder_load<V>(d + c0 + j * step);
-#pragma unroll
-            for (int j = 0; j < ENCODER_WARP_PACKETS; j++)
-                if (c0 + j * step < C)
-                    for (int e = 0; e < V; e++) acc[j][e] += to_float(x[j].v[e]);
+                for (int j = 0; j < P; j++)
+                    if (c0 + j * step < C) x[u][j] = encoder_load<V>(d + c0 + j * step);
+            }
         }
 #pragma unroll
-        for (int j = 0; j < ENCODER_WARP_PACKETS; j++) {
+        for (int u = 0; u < U; u++) {
+            if (i + u < r1) {
+#pragma unroll
+                for (int j = 0; j < P; j++)
+                    if (c0 + j * step < C)
+                        for (int e = 0; e < V; e++) acc[j][e] += to_float(x[u][j].v[e]);
+            }
+        }
+    }
+}
+
+// stores a lane's P packets of fp32 sums into an fp32 scratch row
+template <int V, int P>
+__device__ static inline void encoder_store_partial(float* __restrict__ row, const float (&acc)[P][V], int c0,
+                                                    int C) {
+#pragma unroll
+    for (int j = 0; j < P; j++) {
+        const int c = c0 + j * 32 * V;
+        if (c >= C) continue;
+        if (V % 4 == 0) {
+            for (int e = 0; e < V; e += 4)
+                *reinterpret_cast<float4*>(row + c + e) =
+                    make_float4(acc[j][e], acc[j][e + 1], acc[j][e + 2], acc[j][e + 3]);
+        } else {
+            for (int e = 0; e < V; e++) row[c + e] = acc[j][e];
+        }
+    }
+}
+
+// v3 dwte, first kernel: one warp per item, whole rows (a lane reads P 16-byte packets of each row,
+// so a warp reads a row's 1.5 KB at C = 768 bf16 in one go), U rows in flight. Items: warps
+// 0 .. chunks-1 take the 32-position chunks of the split prefix of `positions` (chunk w: positions
+// 32w .. 32w+31), the others one bucket each (a token of at most ENCODER_COLD_ROWS positions,
+// summed straight into dwte; the split buckets, first, are skipped). A chunk holds the tail of one
+// split token and/or the head of the next (at most one starts in it): rows before the first
+// position go to scratch row 2w, rows from it on to row 2w+1, as fp32 sums. So every row of dout
+// is read once, whole, and the split tokens' work is spread evenly over warps however skewed the
+// tokens are; the reduce kernel below adds each split token's partial rows. Chunks are numbered
+// before buckets, so the large items start first and the single-position buckets fill in behind.
+template <int V, int P, int U>
+__global__ void __launch_bounds__(256) encoder_backward_wte_rows_kernel(
+    floatX* __restrict__ dwte, float* __restrict__ scratch, const floatX* __restrict__ dout,
+    const int* __restrict__ tokens, const int* __restrict__ starts, const int* __restrict__ positions, int n,
+    int BT, int chunks, int C) {
+    const int w = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    const int lane = threadIdx.x % 32;
+    const int step = 32 * V;
+    if (w < chunks) {
+        const int raw = 32 * w + lane < BT ? positions[32 * w + lane] : 0;
+        const unsigned split = __ballot_sync(0xFFFFFFFFu, (raw & ENCODER_SPLIT_FLAG) != 0);
+        if (!(split & 1u)) return;  // the chunk starts past the split tokens
+        const int m = __popc(split);  // split positions are a prefix: rows 0 .. m-1
+        const unsigned firsts = __ballot_sync(0xFFFFFFFFu, (raw & ENCODER_FIRST_FLAG) != 0) & split;
+        const int boundary = firsts ? __ffs(firsts) - 1 : m;
+        const int my_position = raw & ENCODER_POSITION_MASK;
+        for (int base = 0; base < C; base += P * step) {
+            const int c0 = base + lane * V;
+            if (boundary > 0) {  // the tail of the token started in an earlier chunk
+                float acc[P][V] = {};
+                encoder_sum_rows<V, P, U>(acc, dout, my_position, 0, boundary, c0, C);
+                encoder_store_partial<V, P>(scratch + (size_t)(2 * w) * C, acc, c0, C);
+            }
+            if (boundary < m) {  // the head of the token starting here
+                float acc[P][V] = {};
+                encoder_sum_rows<V, P, U>(acc, dout, my_position, boundary, m, c0, C);
+                encoder_store_partial<V, P>(scratch + (size_t)(2 * w + 1) * C, acc, c0, C);
+            }
+        }
+        return;
+    }
+    const int k = w - chunks;
+    if (k >= n) return;
+    const int begin = starts[k], count = starts[k + 1] - begin;
+    if (count > ENCODER_COLD_ROWS) return;  // split: the chunks' and the reduce kernel's
+    const int my_position = lane < count ? positions[begin + lane] & ENCODER_POSITION_MASK : 0;
+    floatX* g = dwte + (size_t)tokens[k] * C;
+    for (int base = 0; base < C; base += P * step) {
+        const int c0 = base + lane * V;
+        EncoderPack<V> old[P];
+#pragma unroll
+        for (int j = 0; j < P; j++)
+            if (c0 + j * step < C) old[j] = encoder_load<V>(g + c0 + j * step);
+        float acc[P][V] = {};
+        encoder_sum_rows<V, P, U>(acc, dout, my_position, 0, count, c0, C);
+#pragma unroll
+        for (int j = 0; j < P; j++) {
             if (c0 + j * step < C) {
                 for (int e = 0; e < V; e++) old[j].v[e] = from_float<floatX>(to_float(old[j].v[e]) + acc[j][e]);
                 encoder_store<V>(g + c0 + j * step, old[j]);
@@ -383,120 +491,183 @@ __global__ void encoder_backward_wte_cold_kernel(floatX* __restrict__ dwte, cons
     }
 }
 
-// dwte of the hot tokens. A hot bucket is split into `slices` column slices, as many as it takes
-// for each of a block's row-lanes to sum at most ~ENCODER_ROWS_PER_LANE positions (one slice, the
-// whole row, for a token just above ENCODER_COLD_ROWS; up to P / ENCODER_MIN_SLICE for the largest).
-// Items (bucket k, slice s) are numbered k * max_slices + s whatever the bucket's own slice count,
-// so no prefix sum is needed: a block walks items blockIdx.x, + gridDim.x, ... and skips the empty
-// ones. For an item of `width` packets, thread (row-lane r, packet q) sums packet q over positions
-// r, r + lanes, ... in order; then the row-lanes' sums go through shared memory and one thread per
-// column adds them in row-lane order and updates dwte.
-template <int V>
-__global__ void __launch_bounds__(ENCODER_HOT_THREADS)
-    encoder_backward_wte_hot_kernel(floatX* __restrict__ dwte, const floatX* __restrict__ dout,
-                                    const int* __restrict__ tokens, const int* __restrict__ starts,
-                                    const int* __restrict__ positions, int n, int C) {
-    __shared__ float lane_sums[ENCODER_HOT_THREADS * V];  // [row-lane][packet q][V], the current item
-    const int P = C / V;                                 // packets per row
-    const int max_slices = ceil_div(P, ENCODER_MIN_SLICE);
+// v3 dwte, second kernel: dwte[token] += the partial rows of each split token, in position order
+// (the head in its first chunk's row 2 i0 + 1, then row 2 i of each later chunk i up to its last).
+// Items (split bucket j, tile of 32 W columns), numbered j * tiles + tile; a persistent grid walks
+// them and stops at the first bucket that is not split. In a block, warp g sums the partials
+// g, g + warps, ... in order (ENCODER_BATCH loads in flight), then one warp adds the warps' sums in
+// warp order and updates dwte. W = 4 floats per lane when C % 4 == 0, else 1.
+#define ENCODER_REDUCE_THREADS 256
+template <int W>
+__global__ void __launch_bounds__(ENCODER_REDUCE_THREADS)
+    encoder_backward_wte_reduce_kernel(floatX* __restrict__ dwte, const float* __restrict__ scratch,
+                                       const int* __restrict__ tokens, const int* __restrict__ starts, int n, int C) {
+    __shared__ float warp_sums[ENCODER_REDUCE_THREADS * W];  // [warp][lane][W]
+    const int warps = blockDim.x / 32, g = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int tiles = ceil_div(C, 32 * W);
     for (int item = blockIdx.x;; item += gridDim.x) {
-        const int k = item / max_slices, s = item % max_slices;
-        if (k >= n) break;
-        const int begin = starts[k], end = starts[k + 1];
-        if (end - begin <= ENCODER_COLD_ROWS) break;  // hot buckets come first: the rest are cold
-        // slices: ~ENCODER_ROWS_PER_LANE positions per row-lane, at least one row-lane per slice
-        long long slices = ((long long)P * (end - begin) + ENCODER_HOT_THREADS * ENCODER_ROWS_PER_LANE - 1) /
-                           (ENCODER_HOT_THREADS * ENCODER_ROWS_PER_LANE);
-        if (slices < ceil_div(P, ENCODER_HOT_THREADS)) slices = ceil_div(P, ENCODER_HOT_THREADS);
-        if (slices > max_slices) slices = max_slices;
-        const int width = ceil_div(P, (int)slices);  // packets per slice, <= ENCODER_HOT_THREADS
-        const int p0 = s * width;  // first packet of this slice
-        if (p0 >= P) continue;     // an empty item: this bucket has fewer slices
-        const int lanes = ENCODER_HOT_THREADS / width;
-        const int q = threadIdx.x % width, r = threadIdx.x / width;
-        const size_t c = (size_t)(p0 + q) * V;
-        float acc[V] = {};
-        if (r < lanes && p0 + q < P) {
-            for (int i0 = begin + r; i0 < end; i0 += ENCODER_BATCH * lanes) {
-                EncoderPack<V> x[ENCODER_BATCH];
+        const int j = item / tiles, tile = item % tiles;
+        if (j >= n) break;
+        const int p0 = starts[j], p1 = starts[j + 1];
+        if (p1 - p0 <= ENCODER_COLD_ROWS) break;  // split buckets come first
+        const int i0 = p0 / 32, parts = (p1 - 1) / 32 - i0 + 1;
+        const int c = tile * 32 * W + lane * W;  // c < C implies c + W - 1 < C
+        float acc[W] = {};
+        if (c < C) {
+            for (int q0 = g; q0 < parts; q0 += ENCODER_BATCH * warps) {
+                float x[ENCODER_BATCH][W];
 #pragma unroll
-                for (int j = 0; j < ENCODER_BATCH; j++)
-                    if (i0 + j * lanes < end) x[j] = encoder_load<V>(dout + (size_t)positions[i0 + j * lanes] * C + c);
+                for (int b = 0; b < ENCODER_BATCH; b++) {
+                    const int q = q0 + b * warps;
+                    if (q < parts) {
+                        const float* row = scratch + (size_t)(q == 0 ? 2 * i0 + 1 : 2 * (i0 + q)) * C + c;
+                        if (W == 4) {
+                            const float4 f = *reinterpret_cast<const float4*>(row);
+                            const float fv[4] = {f.x, f.y, f.z, f.w};
+                            for (int e = 0; e < W; e++) x[b][e] = fv[e];
+                        } else {
+                            for (int e = 0; e < W; e++) x[b][e] = row[e];
+                        }
+                    }
+                }
 #pragma unroll
-                for (int j = 0; j < ENCODER_BATCH; j++)
-                    if (i0 + j * lanes < end)
-                        for (int e = 0; e < V; e++) acc[e] += to_float(x[j].v[e]);
+                for (int b = 0; b < ENCODER_BATCH; b++)
+                    if (q0 + b * warps < parts)
+                        for (int e = 0; e < W; e++) acc[e] += x[b][e];
             }
         }
-        for (int e = 0; e < V; e++) lane_sums[threadIdx.x * V + e] = acc[e];  // = [r][q][e]
+        for (int e = 0; e < W; e++) warp_sums[threadIdx.x * W + e] = acc[e];
         __syncthreads();
-        const int columns = ((P - p0 < width) ? P - p0 : width) * V;
-        floatX* g = dwte + (size_t)tokens[k] * C + (size_t)p0 * V;
-        for (int col = threadIdx.x; col < columns; col += blockDim.x) {
-            float sum = 0.0f;
-            for (int rr = 0; rr < lanes; rr++) sum += lane_sums[rr * width * V + col];
-            g[col] = from_float<floatX>(to_float(g[col]) + sum);
+        if (g == 0 && c < C) {
+            floatX* out = dwte + (size_t)tokens[j] * C + c;
+            for (int e = 0; e < W; e++) {
+                float sum = 0.0f;
+                for (int gg = 0; gg < warps; gg++) sum += warp_sums[(gg * 32 + lane) * W + e];
+                out[e] = from_float<floatX>(to_float(out[e]) + sum);
+            }
         }
-        __syncthreads();  // lane_sums is rewritten by the next item
+        __syncthreads();  // warp_sums is rewritten by the next item
     }
 }
 
 // ---- backward launchers ---------------------------------------------------------------------
 
+// fp32 values of scratch encoder_backward needs: two partial rows per 32-position chunk
+static inline size_t encoder_backward_scratch_floats(int BT, int C) {
+    return (size_t)2 * ceil_div(BT, 32) * C;
+}
+
 // dwpe pass alone (encoder_backward runs it; dev/cuda/encoder.cu times it on its own)
-static void encoder_backward_wpe(floatX* dwpe, const floatX* dout, int B, int T, int C, cudaStream_t stream) {
+template <int BATCH>
+static void encoder_backward_wpe_launch(floatX* dwpe, const floatX* dout, int B, int T, int C, cudaStream_t stream) {
     const int block = 256;
     if (encoder_can_vectorize(C, dwpe, dout, dout)) {
-        encoder_backward_wpe_kernel<X128><<<ceil_div(T * (C / X128), block), block, 0, stream>>>(dwpe, dout, B, T, C);
+        encoder_backward_wpe_kernel<X128, BATCH>
+            <<<ceil_div(T * (C / X128), block), block, 0, stream>>>(dwpe, dout, B, T, C);
     } else {
-        encoder_backward_wpe_kernel<1><<<ceil_div(T * C, block), block, 0, stream>>>(dwpe, dout, B, T, C);
+        encoder_backward_wpe_kernel<1, BATCH><<<ceil_div(T * C, block), block, 0, stream>>>(dwpe, dout, B, T, C);
     }
     cudaCheckLast();
 }
 
-// dwte pass alone: the cold kernel, then the hot one (plan_device: the plan on the device, n buckets)
-template <int V>
-static void encoder_backward_wte_launch(floatX* dwte, const floatX* dout, const int* plan_device, int n, int BT,
-                                        int C, cudaStream_t stream) {
+// dwte pass alone: the rows kernel, then the reduce kernel (plan_device: the plan on the device, n
+// buckets; scratch: encoder_backward_scratch_floats(BT, C) floats). U rows in flight per warp.
+template <int V, int P, int U>
+static void encoder_backward_wte_v3_launch(floatX* dwte, float* scratch, const floatX* dout, const int* plan_device,
+                                           int n, int BT, int C, int warps, cudaStream_t stream) {
     const int* tokens = plan_device;
     const int* starts = plan_device + n;
     const int* positions = plan_device + 2 * n + 1;
     if (n <= 0) return;
-    const int block = 256;
-    encoder_backward_wte_cold_kernel<V><<<ceil_div(n, block / 32), block, 0, stream>>>(dwte, dout, tokens, starts,
-                                                                                      positions, n, C);
+    // chunks: enough for every position to be split (the kernel stops at the first that is not)
+    const int chunks = BT / (ENCODER_COLD_ROWS + 1) > 0 ? ceil_div(BT, 32) : 0;
+    encoder_backward_wte_rows_kernel<V, P, U><<<ceil_div(chunks + n, warps), 32 * warps, 0, stream>>>(
+        dwte, scratch, dout, tokens, starts, positions, n, BT, chunks, C);
     cudaCheckLast();
-    // at most BT / (ENCODER_COLD_ROWS + 1) hot buckets; a grid that fills the GPU once, each block
-    // walking the items
-    const int max_hot = BT / (ENCODER_COLD_ROWS + 1) < n ? BT / (ENCODER_COLD_ROWS + 1) : n;
-    if (max_hot == 0) return;
+    const int max_split = BT / (ENCODER_COLD_ROWS + 1) < n ? BT / (ENCODER_COLD_ROWS + 1) : n;
+    if (max_split == 0) return;
+    const int W = C % 4 == 0 ? 4 : 1;
     int device = 0, sms = 0, per_sm = 0;
     cudaCheck(cudaGetDevice(&device));
     cudaCheck(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-    cudaCheck(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, encoder_backward_wte_hot_kernel<V>,
-                                                            ENCODER_HOT_THREADS, 0));
-    const long long items = (long long)max_hot * ceil_div(C / V, ENCODER_MIN_SLICE);
+    if (W == 4) {
+        cudaCheck(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, encoder_backward_wte_reduce_kernel<4>,
+                                                                ENCODER_REDUCE_THREADS, 0));
+    } else {
+        cudaCheck(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, encoder_backward_wte_reduce_kernel<1>,
+                                                                ENCODER_REDUCE_THREADS, 0));
+    }
+    const long long items = (long long)max_split * ceil_div(C, 32 * W);
     const long long resident = (long long)sms * (per_sm > 0 ? per_sm : 1);
     const int grid = (int)(items < resident ? items : resident);
-    encoder_backward_wte_hot_kernel<V><<<grid, ENCODER_HOT_THREADS, 0, stream>>>(dwte, dout, tokens, starts,
-                                                                                positions, n, C);
+    if (W == 4) {
+        encoder_backward_wte_reduce_kernel<4>
+            <<<grid, ENCODER_REDUCE_THREADS, 0, stream>>>(dwte, scratch, tokens, starts, n, C);
+    } else {
+        encoder_backward_wte_reduce_kernel<1>
+            <<<grid, ENCODER_REDUCE_THREADS, 0, stream>>>(dwte, scratch, tokens, starts, n, C);
+    }
     cudaCheckLast();
 }
 
-static void encoder_backward_wte(floatX* dwte, const floatX* dout, const int* plan_device, int n, int BT, int C,
-                                 cudaStream_t stream) {
-    if (encoder_can_vectorize(C, dwte, dout, dout)) {
-        encoder_backward_wte_launch<X128>(dwte, dout, plan_device, n, BT, C, stream);
+// v3 with U rows in flight and `warps` per block of the rows kernel; P (packets per lane and pass)
+// is the smallest that covers C, at most ENCODER_WARP_PACKETS (wider rows take several passes)
+template <int U>
+static void encoder_backward_wte_v3(floatX* dwte, float* scratch, const floatX* dout, const int* plan_device, int n,
+                                    int BT, int C, int warps, cudaStream_t stream) {
+    if (warps < 1 || warps > 8) {
+        fprintf(stderr, "encoder_backward_wte_v3: %d warps per block not supported\n", warps);
+        exit(1);
+    }
+    if (encoder_can_vectorize(C, dwte, dout, scratch)) {
+        int P = ceil_div(C, 32 * X128);
+        if (P > ENCODER_WARP_PACKETS) P = ENCODER_WARP_PACKETS;
+        switch (P) {
+            case 1:
+                encoder_backward_wte_v3_launch<X128, 1, U>(dwte, scratch, dout, plan_device, n, BT, C, warps, stream);
+                break;
+            case 2:
+                encoder_backward_wte_v3_launch<X128, 2, U>(dwte, scratch, dout, plan_device, n, BT, C, warps, stream);
+                break;
+            case 3:
+                encoder_backward_wte_v3_launch<X128, 3, U>(dwte, scratch, dout, plan_device, n, BT, C, warps, stream);
+                break;
+            default:
+                encoder_backward_wte_v3_launch<X128, 4, U>(dwte, scratch, dout, plan_device, n, BT, C, warps, stream);
+                break;
+        }
     } else {
-        encoder_backward_wte_launch<1>(dwte, dout, plan_device, n, BT, C, stream);
+        encoder_backward_wte_v3_launch<1, ENCODER_WARP_PACKETS, U>(dwte, scratch, dout, plan_device, n, BT, C, warps,
+                                                                   stream);
     }
 }
 
-// plan_device: the plan copied to the device (same layout), n distinct tokens.
-static void encoder_backward(floatX* dwte, floatX* dwpe, const floatX* dout, const int* plan_device, int n,
-                             int B, int T, int C, cudaStream_t stream) {
+// The engine's backward: each option can be set with -D at build time, to measure another one as
+// the engine's.
+#ifndef ENCODER_WTE_ROWS_IN_FLIGHT
+#define ENCODER_WTE_ROWS_IN_FLIGHT 1
+#endif
+#ifndef ENCODER_WTE_WARPS
+#define ENCODER_WTE_WARPS 4
+#endif
+
+
+static void encoder_backward_wpe(floatX* dwpe, const floatX* dout, int B, int T, int C, cudaStream_t stream) {
+    encoder_backward_wpe_launch<4>(dwpe, dout, B, T, C, stream);
+}
+
+static void encoder_backward_wte(floatX* dwte, float* scratch, const floatX* dout, const int* plan_device, int n,
+                                 int BT, int C, cudaStream_t stream) {
+    encoder_backward_wte_v3<ENCODER_WTE_ROWS_IN_FLIGHT>(dwte, scratch, dout, plan_device, n, BT, C, ENCODER_WTE_WARPS,
+                                                        stream);
+}
+
+// plan_device: the plan copied to the device (same layout), n distinct tokens; scratch:
+// encoder_backward_scratch_floats(B * T, C) floats, free for the duration of the call.
+static void encoder_backward(floatX* dwte, floatX* dwpe, float* scratch, const floatX* dout, const int* plan_device,
+                             int n, int B, int T, int C, cudaStream_t stream) {
     encoder_backward_wpe(dwpe, dout, B, T, C, stream);
-    encoder_backward_wte(dwte, dout, plan_device, n, B * T, C, stream);
+    encoder_backward_wte(dwte, scratch, dout, plan_device, n, B * T, C, stream);
 }
 
 #endif  // LLMC_ENCODER_CUH

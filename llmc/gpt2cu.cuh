@@ -119,7 +119,7 @@ typedef struct {
     floatX* dqkv;       // (B, T, 3C)
     floatX* dfch;       // (B, T, 4C)
     float* att_delta;   // (B, H, T) (NULL with cuDNN attention)
-    float* scratch;     // reductions (column sums, LayerNorm weight grads, global norm)
+    float* scratch;     // reductions (column sums, LayerNorm weight grads, global norm), encoder backward partials
 } ActsCU;
 
 typedef enum {
@@ -317,6 +317,8 @@ static void gpt2cu_allocate_activations(GPT2CU* model, int B, int T) {
     size_t scratch = column_sum_scratch_floats((int)BT, (int)(4 * C));
     const size_t ln_scratch = layernorm_backward_scratch_floats((int)BT, (int)C);
     if (ln_scratch > scratch) scratch = ln_scratch;
+    const size_t encoder_scratch = encoder_backward_scratch_floats((int)BT, (int)C);
+    if (encoder_scratch > scratch) scratch = encoder_scratch;
     if (scratch < NORM_BLOCKS) scratch = NORM_BLOCKS;
     a->scratch = gpt2cu_alloc<float>(model, scratch);
     cudaCheck(cudaMemset(a->losses, 0, BT * sizeof(float)));
@@ -499,7 +501,7 @@ static int gpt2cu_backward(GPT2CU* model) {
         layernorm_backward(a->dresidual, g->ln1w + lc, g->ln1b + lc, a->scratch, a->dbtc, residual, p->ln1w + lc,
                            a->ln1_mean + (size_t)l * BT, a->ln1_rstd + (size_t)l * BT, BT, C, s);
     }
-    encoder_backward(g->wte, g->wpe, a->dresidual, model->plan_d, model->plan_n, B, T, C, s);
+    encoder_backward(g->wte, g->wpe, a->scratch, a->dresidual, model->plan_d, model->plan_n, B, T, C, s);
     model->last_mode = -1;  // dlogits consumed
     return LLMC_OK;
 }

@@ -18,7 +18,8 @@ Backward, with xhat = (x - mean) * rstd and g = dout * weight:
 Bytes: forward 2NC floatX (fused 4NC), backward 4NC (dout, x, dinp read + write) plus O(N + C); a
 few flops per byte, so all three are memory bound. Four versions; the launchers at the bottom
 (what the engine calls) pick for the forward v3 where it applies, else v1, and for the backward v4
-(C <= 1024 bf16), else v3 (C <= 4096), else v1. Numbers below: one H200 (copy ~4140 GB/s), N =
+(C <= 6144 bf16), else v1 (v3, the engine's backward for 1024 < C <= 4096 before 2026-11-24's
+session 4, stays in dev/cuda as a step of the course). Numbers below: one H200 (copy ~4140 GB/s), N =
 65,536, C = 768, bf16, from dev/cuda/layernorm.cu (2026-11-24 unless said otherwise).
 
 v1 (the first, simple version; dev/cuda/layernorm.cu keeps timing it): one warp per row, scalar
@@ -39,7 +40,7 @@ plus 2 * VPL * X128 accumulators per lane, 236 registers at C = 768, so one 8-wa
 SM and too few bytes are in flight. The plain forward keeps its row as floats (63 registers) and a
 warp has its one 1.5 KB row in flight only while it loads.
 
-v3 (the engine's forward; its backward where v4 does not apply):
+v3 (the engine's forward; its backward is a step of the course, v4 replaced it):
   forward: v2's warp-per-row arithmetic with the row kept packed (floatX) and converted where
     used: 48 instead of 63 registers at C = 768, 5 blocks per SM instead of 4: 83.0-84.9% in four
     runs (57.4-58.6 us) with 8-warp blocks; C = 1024: 86.5%. A warp can also load ROWS rows with
@@ -94,8 +95,8 @@ v3 (the engine's forward; its backward where v4 does not apply):
     22 warps active per SM, 69 M warp instructions (~350 per warp per row): bound by latency and
     instruction issue more than by bandwidth; the partials kernel adds a few us.
 
-v4 (the engine's backward for C <= 4 * 32 * X128, 1024 bf16): v3's structure with fewer
-  instructions per row and several packets per thread.
+v4 (the engine's backward for C <= 6144 bf16): v3's structure with fewer instructions per row and
+  several packets per thread.
   - The two sums of a warp (g, g * xhat) in 5 shuffles instead of 10: one exchange across the
     half-warps leaves the lower half with g partials and the upper with g * xhat partials, then
     each half reduces its own; a multi-warp team adds its warps' pairs by shuffles, not a loop.
@@ -570,7 +571,7 @@ static void layernorm_backward_v2(floatX* dinp, floatX* dweight, floatX* dbias, 
 #ifndef LN3_FUSED_STREAM
 #define LN3_FUSED_STREAM false
 #endif
-#define LN3_BWD_THREADS 512   // threads per block of the engine's backward, at most (whole teams)
+#define LN3_BWD_THREADS 512   // threads per block of the v3 backward, at most (whole teams)
 #define LN3_BWD_STAGES 4      // rows a team holds in shared memory: the one computed + 3 in flight
 #define LN3_MAX_TEAM 512      // threads of one team at most, so C <= 512 * X128
 #define LN3_MAX_TEAMS 15      // named barriers 1..15 (0 is __syncthreads)
@@ -741,6 +742,28 @@ static inline size_t ln3_smem_bytes(int teams, int team_threads, int stages) {
            (size_t)teams * 2 * (LN3_MAX_TEAM / 32) * sizeof(float2);
 }
 
+// The rows of team `team` of this block in the v3 and v4 backward: first, first + step, ...
+// (count of them). Contiguous: block b owns rows [b N / grid, (b + 1) N / grid), its teams take
+// every teams-th of them. Interleaved: rows dealt out across the whole grid, team t of block b
+// taking b * teams + t + k * grid * teams.
+struct Ln3Rows {
+    int first, step, count;
+};
+__device__ static inline Ln3Rows ln3_team_rows(int N, int teams, int team, bool interleave) {
+    const int first = interleave ? blockIdx.x * teams + team : (int)((long long)blockIdx.x * N / gridDim.x) + team;
+    const int last = interleave ? N : (int)((long long)(blockIdx.x + 1) * N / gridDim.x);
+    const int step = interleave ? gridDim.x * teams : teams;
+    return {first, step, first < last ? ceil_div(last - first, step) : 0};
+}
+
+// lets a programmatic dependent launch behind this kernel (the partials kernel) start now; it
+// waits for this grid's end itself (griddepcontrol.wait)
+__device__ static inline void ln3_launch_dependents() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;");
+#endif
+}
+
 // Block b takes rows [b * N / grid, (b + 1) * N / grid); team t of it the rows t, t + teams, ....
 // scratch[b][0..C) gets the block's dweight partial sums, [C..2C) its dbias partial sums.
 template <int STAGES>
@@ -758,9 +781,7 @@ __global__ void __launch_bounds__(LN3_MAX_TEAM, 2) layernorm_backward_v3_kernel(
     float2* my_stats = reinterpret_cast<float2*>(smem + rows_bytes) + (size_t)team * STAGES * team_threads;
     float2* my_red = reinterpret_cast<float2*>(smem + rows_bytes + stats_bytes) + team * 2 * (LN3_MAX_TEAM / 32);
 
-    const int row_begin = (int)((long long)blockIdx.x * N / gridDim.x);
-    const int row_end = (int)((long long)(blockIdx.x + 1) * N / gridDim.x);
-    const int team_rows = row_end - row_begin > team ? ceil_div(row_end - row_begin - team, teams) : 0;
+    const Ln3Rows rows = ln3_team_rows(N, teams, team, false);
     const int c = t * X128;  // this thread's packet of every row
     const bool active = c < C;
     const float inv_C = 1.0f / C;
@@ -772,8 +793,8 @@ __global__ void __launch_bounds__(LN3_MAX_TEAM, 2) layernorm_backward_v3_kernel(
     for (int j = 0; j < X128; j++) dw[j] = db[j] = 0.0f;
     // starts the copies of the team's k-th row into stage k % STAGES (an empty group past the end)
     auto issue = [&](int k) {
-        if (k < team_rows && active) {
-            const int row = row_begin + team + k * teams;
+        if (k < rows.count && active) {
+            const int row = rows.first + k * rows.step;
             const size_t off = (size_t)row * C + c;
             x128* slot = my_rows + (size_t)(k % STAGES) * 3 * team_threads + t;
             ln3_copy16(slot, dout + off);
@@ -788,7 +809,7 @@ __global__ void __launch_bounds__(LN3_MAX_TEAM, 2) layernorm_backward_v3_kernel(
 #pragma unroll
     for (int k = 0; k < STAGES - 1; k++) issue(k);
 #pragma unroll 1
-    for (int k = 0; k < team_rows; k++) {
+    for (int k = 0; k < rows.count; k++) {
         // the stage refilled here held row k - 1, which this thread has finished with
         issue(k + STAGES - 1);
         ln3_copy_wait<STAGES - 1>();  // row k has landed (this thread's part of it)
@@ -835,7 +856,7 @@ __global__ void __launch_bounds__(LN3_MAX_TEAM, 2) layernorm_backward_v3_kernel(
                 const float dx = ms.y * (to_float(pd.v[j]) * to_float(pw.v[j]) - g_mean - xhat * gx_mean);
                 o.v[j] = from_float<floatX>(to_float(pg.v[j]) + dx);
             }
-            const int row = row_begin + team + k * teams;
+            const int row = rows.first + k * rows.step;
             store128(dinp + (size_t)row * C + c, o);
         }
     }
@@ -890,6 +911,22 @@ static size_t layernorm_backward_v3_scratch_floats(int N, int C, int teams, int 
     return (size_t)layernorm_backward_v3_grid(N, C, teams, stages) * 2 * C;
 }
 
+// The v3 and v4 partials kernel over the main kernel's `parts` partial rows; pdl: launched as a
+// programmatic dependent launch of it (resident early, waiting at griddepcontrol.wait).
+static void layernorm_backward_finish(floatX* dweight, floatX* dbias, const float* scratch, int parts, int C,
+                                      cudaStream_t stream, bool pdl) {
+    cudaLaunchConfig_t launch = {};
+    launch.gridDim = dim3(ceil_div(2 * C, 32));
+    launch.blockDim = dim3(32, 32);
+    launch.stream = stream;
+    cudaLaunchAttribute attribute;
+    attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attribute.val.programmaticStreamSerializationAllowed = 1;
+    launch.attrs = &attribute;
+    launch.numAttrs = pdl ? 1 : 0;
+    cudaCheck(cudaLaunchKernelEx(&launch, layernorm_backward_finish_kernel<32>, dweight, dbias, scratch, parts, C));
+}
+
 // teams and stages: the launch configuration (the engine's: ln3_teams(C, LN3_BWD_THREADS) and
 // LN3_BWD_STAGES); scratch holds layernorm_backward_v3_scratch_floats(N, C, teams, stages).
 static void layernorm_backward_v3(floatX* dinp, floatX* dweight, floatX* dbias, float* scratch, const floatX* dout,
@@ -916,13 +953,11 @@ static void layernorm_backward_v3(floatX* dinp, floatX* dweight, floatX* dbias, 
 #undef LLMC_LN3_BWD_CASE
     }
     cudaCheckLast();
-    layernorm_backward_finish_kernel<32><<<ceil_div(2 * C, 32), dim3(32, 32), 0, stream>>>(dweight, dbias, scratch,
-                                                                                         grid, C);
-    cudaCheckLast();
+    layernorm_backward_finish(dweight, dbias, scratch, grid, C, stream, false);
 }
 
 // ----------------------------------------------------------------------------------------------
-// v4: the backward with P 16-byte packets per thread (a C <= 1024 bf16 row is one warp's: no team
+// v4: the backward with P 16-byte packets per thread (a C <= 768 bf16 row is one warp's: no team
 // barrier), fewer instructions per row, and small blocks (the header comment says why)
 
 #define LN4_BWD_TEAMS 2       // teams per block of the engine's v4 backward
@@ -944,11 +979,8 @@ __host__ __device__ constexpr int ln4_max_threads(int packets) {
     return packets == 1 ? LN3_MAX_TEAM : (packets > 3 ? 128 : LN4_MAX_THREADS);
 }
 
-// packets per thread that make a row one warp's (v4 applies up to LN4_MAX_PACKETS of them)
+// packets per thread that make a row one warp's
 static inline int ln4_packets(int C) { return ceil_div(C / X128, 32); }
-static inline bool layernorm_v4_backward_supported(int C) {
-    return C > 0 && C % X128 == 0 && ln4_packets(C) <= LN4_MAX_PACKETS;
-}
 // threads of a team: `packets` 16-byte packets each, rounded up to whole warps
 static inline int ln4_team_threads(int C, int packets) { return ceil_div(ceil_div(C / X128, packets), 32) * 32; }
 // teams per block for at most `threads` threads per block (at least one, at most LN3_MAX_TEAMS)
@@ -984,17 +1016,9 @@ __global__ void __launch_bounds__(ln4_max_threads(P), 2) layernorm_backward_v4_k
     float2* my_stats = reinterpret_cast<float2*>(smem + rows_bytes) + (size_t)team * STAGES * team_threads;
     float2* my_red = reinterpret_cast<float2*>(smem + rows_bytes + stats_bytes) + team * 2 * (LN3_MAX_TEAM / 32);
 
-    // the team's rows: first, first + step, ... below last
-    const int first = interleave ? blockIdx.x * teams + team : (int)((long long)blockIdx.x * N / gridDim.x) + team;
-    const int last = interleave ? N : (int)((long long)(blockIdx.x + 1) * N / gridDim.x);
-    const int step = interleave ? gridDim.x * teams : teams;
-    const int team_rows = first < last ? ceil_div(last - first, step) : 0;
+    const Ln3Rows rows = ln3_team_rows(N, teams, team, interleave);
     const int stride = team_threads * X128;  // channels between a thread's packets
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    // a programmatic dependent launch behind this one (the partials kernel) may start now: it
-    // waits for this grid's end itself
-    asm volatile("griddepcontrol.launch_dependents;");
-#endif
+    ln3_launch_dependents();
     const int c0 = t * X128;                 // this thread's first packet of every row
     const bool active = c0 < C;
     const float inv_C = 1.0f / C;
@@ -1017,8 +1041,8 @@ __global__ void __launch_bounds__(ln4_max_threads(P), 2) layernorm_backward_v4_k
     auto w = [&](int p, int j) { return PACKED_W ? to_float(pw[p].v[j]) : wf[PACKED_W ? 0 : j]; };
     // starts the copies of the team's k-th row into stage k % STAGES (an empty group past the end)
     auto issue = [&](int k) {
-        if (k < team_rows && active) {
-            const int row = first + k * step;
+        if (k < rows.count && active) {
+            const int row = rows.first + k * rows.step;
             x128* slot = my_rows + (size_t)(k % STAGES) * 3 * P * team_threads + t;
 #pragma unroll
             for (int p = 0; p < P; p++) {
@@ -1039,7 +1063,7 @@ __global__ void __launch_bounds__(ln4_max_threads(P), 2) layernorm_backward_v4_k
 #pragma unroll
     for (int k = 0; k < STAGES - 1; k++) issue(k);
 #pragma unroll 1
-    for (int k = 0; k < team_rows; k++) {
+    for (int k = 0; k < rows.count; k++) {
         // the stage refilled here held row k - 1, which this thread has finished with
         issue(k + STAGES - 1);
         ln3_copy_wait<STAGES - 1>();  // row k has landed (this thread's part of it)
@@ -1098,7 +1122,7 @@ __global__ void __launch_bounds__(ln4_max_threads(P), 2) layernorm_backward_v4_k
             // dx = rstd * (g - mean(g) - xhat * mean(g * xhat)) = rstd * g + (shift + xhat * scale)
             const float2 ms = *st;
             const float shift = -ms.y * gs * inv_C, scale = -ms.y * gxs * inv_C;
-            const int row = first + k * step;
+            const int row = rows.first + k * rows.step;
 #pragma unroll
             for (int p = 0; p < P; p++) {
                 const int c = c0 + p * stride;
@@ -1149,14 +1173,18 @@ struct Ln4Config {
 };
 // The engine's (for C with layernorm_v4_backward_supported(C)), the best measured: rows of at most
 // 3 * 32 packets (C <= 768 bf16) are one warp's, 2 teams per block, 2 stages (C = 768: 85.0% of
-// copy; 3 stages 82.1%); wider rows (up to 4 * 32 packets) take 3 packets per thread in two-warp
-// teams, 2 teams, 3 stages (C = 1024: 87.4%; one warp with 4 packets per thread 85.9%). Rows
-// interleaved across the grid and the partials kernel as a dependent launch (LN4_BWD_INTERLEAVE,
-// LN4_BWD_PDL): C = 768 88.6-91.1% (not measured at C = 1024 with them).
+// copy; 3 stages 82.1%); wider rows take 3 packets per thread in teams of several warps, 2 teams
+// (1 where two do not fit in a block), 3 stages (C = 1024: 87.4%; one warp with 4 packets per
+// thread 85.9%). Rows interleaved across the grid and the partials kernel as a dependent launch
+// (LN4_BWD_INTERLEAVE, LN4_BWD_PDL): C = 768 88.6-91.1%; C = 1600 (GPT-2 XL, 2026-11-24 session
+// 4, one run) 93.0%, where v3, the engine's there before, took 69.9% (v4 with 2 stages and
+// interleaved rows 94.0%, without either 91.8%).
 static inline Ln4Config ln4_engine_config(int C) {
-    const int packets = ln4_packets(C);
-    const Ln4Config k = {LN4_BWD_TEAMS, packets <= 3 ? LN4_BWD_STAGES : LN4_BWD_WIDE_STAGES,
-                         packets <= 3 ? packets : 3, LN4_BWD_INTERLEAVE, LN4_BWD_PDL};
+    const int row_packets = ln4_packets(C);
+    const int packets = row_packets < 1 ? 1 : (row_packets <= 3 ? row_packets : 3);
+    const int teams = LN4_BWD_TEAMS * ln4_team_threads(C, packets) <= ln4_max_threads(packets) ? LN4_BWD_TEAMS : 1;
+    const Ln4Config k = {teams, row_packets <= 3 ? LN4_BWD_STAGES : LN4_BWD_WIDE_STAGES, packets, LN4_BWD_INTERLEAVE,
+                         LN4_BWD_PDL};
     return k;
 }
 static inline bool ln4_config_ok(int C, const Ln4Config& k) {
@@ -1167,6 +1195,8 @@ static inline bool ln4_config_ok(int C, const Ln4Config& k) {
     return team_threads <= LN3_MAX_TEAM && k.teams * team_threads <= ln4_max_threads(k.packets) && smem <= 200 * 1024 &&
            2 * (size_t)C * sizeof(float) <= smem;  // the stages also hold the block's 2C partial
 }
+// the engine runs v4 where its configuration fits (C <= 6144 bf16, 3072 fp32)
+static inline bool layernorm_v4_backward_supported(int C) { return ln4_config_ok(C, ln4_engine_config(C)); }
 
 // calls fn(kernel) with the kernel instance of configuration k (checked first)
 template <typename Fn>
@@ -1229,23 +1259,12 @@ static void layernorm_backward_v4(floatX* dinp, floatX* dweight, floatX* dbias, 
                                   const floatX* inp, const floatX* weight, const float* mean, const float* rstd, int N,
                                   int C, cudaStream_t stream, const Ln4Config& k) {
     const int grid = layernorm_backward_v4_partials(dinp, scratch, dout, inp, weight, mean, rstd, N, C, stream, k);
-    cudaLaunchConfig_t launch = {};
-    launch.gridDim = dim3(ceil_div(2 * C, 32));
-    launch.blockDim = dim3(32, 32);
-    launch.stream = stream;
-    cudaLaunchAttribute pdl;
-    pdl.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    pdl.val.programmaticStreamSerializationAllowed = 1;
-    launch.attrs = &pdl;
-    launch.numAttrs = k.pdl ? 1 : 0;
-    cudaCheck(cudaLaunchKernelEx(&launch, layernorm_backward_finish_kernel<32>, dweight, dbias, (const float*)scratch,
-                                 grid, C));
+    layernorm_backward_finish(dweight, dbias, scratch, grid, C, stream, k.pdl);
 }
 
 // ----------------------------------------------------------------------------------------------
 // what the engine calls: the forward v3 where it applies (C <= 8 * 32 * X128, 2048 bf16), else v1;
-// the backward v4 where a row is one warp's with at most LN4_MAX_PACKETS packets per thread
-// (C <= 4 * 32 * X128, 1024 bf16), else v3 (C <= LN3_MAX_TEAM * X128, 4096 bf16), else v1
+// the backward v4 where its configuration fits (C <= 6144 bf16), else v1
 
 static void layernorm_forward(floatX* out, float* mean, float* rstd, const floatX* inp, const floatX* weight,
                               const floatX* bias, int N, int C, cudaStream_t stream) {
@@ -1274,9 +1293,6 @@ static size_t layernorm_backward_scratch_floats(int N, int C) {
     if (layernorm_v4_backward_supported(C)) {
         return layernorm_backward_v4_scratch_floats(N, C, ln4_engine_config(C));
     }
-    if (layernorm_v3_backward_supported(C)) {
-        return layernorm_backward_v3_scratch_floats(N, C, ln3_teams(C, LN3_BWD_THREADS), LN3_BWD_STAGES);
-    }
     return layernorm_backward_v1_scratch_floats(N, C);
 }
 
@@ -1287,9 +1303,6 @@ static void layernorm_backward(floatX* dinp, floatX* dweight, floatX* dbias, flo
     if (layernorm_v4_backward_supported(C)) {
         layernorm_backward_v4(dinp, dweight, dbias, scratch, dout, inp, weight, mean, rstd, N, C, stream,
                               ln4_engine_config(C));
-    } else if (layernorm_v3_backward_supported(C)) {
-        layernorm_backward_v3(dinp, dweight, dbias, scratch, dout, inp, weight, mean, rstd, N, C, stream,
-                              ln3_teams(C, LN3_BWD_THREADS), LN3_BWD_STAGES);
     } else {
         layernorm_backward_v1(dinp, dweight, dbias, scratch, dout, inp, weight, mean, rstd, N, C, stream);
     }

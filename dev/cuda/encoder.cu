@@ -36,24 +36,46 @@ Versions, forward:
                at C = 768 bf16). Launch options: warps per block; "cs stores" writes out with
                st.global.cs (evict first); "L2 evict_last loads" reads wte and wpe with an L2
                evict_last cache policy. Falls back to v3 where 16-byte accesses do not apply or
-               C > 4 * 32 * X128. The engine's: 1 row, 4 warps per block, cs stores (76-77%; v3
-               71-76% in the same runs; the numbers of every variant, and why not evict_last, are
-               in llmc/encoder.cuh). Dropped after those runs: 4 rows per warp (50-52%, 185
-               registers) and a register cap for 64 warps per SM (32 registers: 30-43%).
+               C > 4 * 32 * X128. The engine's: 1 row, 4 warps per block, cs stores (78.1-80.2%
+               in four later runs that day; with evict_last loads 79.9-82.3%, not the engine's for
+               what it may cost the kernels after it; every variant's numbers are in
+               llmc/encoder.cuh). Dropped after the 2026-11-24
+               runs: 4 rows per warp (50-52%, 185 registers) and a register cap for 64 warps per
+               SM (32 registers: 30-43%).
+  v5           a warp takes one position t for NB = 2, 4 or 8 consecutive batch rows and loads the
+               wpe row once for them (v4 loads a wpe row per out row: half of its L2 loads), cs
+               stores. 2026-11-24, two runs: NB = 2 78.0% / 76.5% (8 warps 75.7% / 75.6%), NB = 4
+               58.6% / 59.1%, NB = 8 50.6% / 50.6% (133 and 240 registers: fewer warps per SM).
+               The L2 loads were not what held v4 back.
+  v6           persistent grid (what fits on the GPU), each warp walks rows w, w + W, ... and
+               loads the next row before it adds and stores the current one; cs stores.
+               2026-11-24: 68.8% / 67.4% (4 warps), 68.1% / 69.2% (8 warps): the launch ramp of
+               v4's 16,384 blocks costs less than the loop does.
   The engine entry point (encoder_forward) is also checked on every shape.
 Versions, backward (both deterministic: the host groups positions by token, encoder_backward_plan):
   v1           naive: dwpe one thread per (t, c) summing over b; dwte one block per distinct token,
                one thread per column, scalar loads over the token's positions (the engine's kernel
                before issue 5). A frequent token is summed by one block: thousands of serial rows.
-  v2 (engine)  llmc/encoder.cuh: 16-byte packets; dwpe one thread per (t, packet); dwte of rare
-               tokens one warp each, of frequent tokens split into column slices over persistent
-               blocks, so a frequent token is spread over up to 24 blocks.
+  v2           the engine's until 2026-11-24, kept here: 16-byte packets; dwpe one thread per
+               (t, packet) (the engine's still); dwte of rare tokens one warp each, walking the
+               rows one at a time; frequent tokens split into column slices (as narrow as 64 bytes
+               of each row) over persistent blocks, so a frequent token is spread over up to 24
+               blocks, each reading a thin slice of thousands of rows.
+  v3           llmc/encoder.cuh (the engine's with the ENCODER_WTE_* defines, -D can set them):
+               dwpe as v2; dwte by whole rows: tokens of more than 32 positions are cut into
+               32-position chunks, one warp each, whose fp32 sums go to a scratch buffer and are
+               added in chunk order by a second kernel; the other tokens one warp each; U rows in
+               flight per warp (1 in the engine), warps per block. Zipf tokens: 207-210 us (v2) ->
+               90-92 us; uniform tokens level (108-110 us); the
+               numbers of every variant (and the register caps that lost) are in
+               llmc/encoder.cuh.
   The engine's two passes (dwpe, dwte) are also timed alone.
 
 Checks: every version against a double-precision CPU reference on fresh random inputs per version
 and shape (values uniform in [-1, 1): the encoder only adds, so their distribution does not matter,
 and they are 10x faster to draw than normal ones at 50M values), at the full shape and at odd ones
-(C = 100 runs the kernels' one-value-at-a-time path; one token at every position). The forward's
+(C = 100 runs the kernels' one-value-at-a-time path; one token at every position, also with B*T
+not a multiple of 32; C = 1600 takes two passes over each row in the dwte rows kernel). The forward's
 output is poisoned with NaN first. The backward accumulates (+=) into random dwte/dwpe; the whole of
 dwte is compared (an untouched row must keep its value), then the backward is run again from the
 same state and must give the same bits.
@@ -144,6 +166,314 @@ static void encoder_backward_wte_v1(floatX* dwte, const floatX* dout, const int*
     cudaCheckLast();
 }
 
+// forward v5: a warp takes one position t and NB consecutive batch rows b0 .. b0+NB-1 (rows
+// b T + t): it loads the wpe row once for the NB rows (v4 loads one wpe row per out row, so half of
+// its loads from L2 are wpe), then the NB wte rows, all before the first addition; cs stores.
+// Warps are numbered t fastest, so a block's rows are consecutive positions of the same b.
+template <int VPL, int NB>
+__global__ void __launch_bounds__(256) encoder_forward_v5_kernel(floatX* __restrict__ out, const int* __restrict__ inp,
+                                                                  const floatX* __restrict__ wte,
+                                                                  const floatX* __restrict__ wpe, int B, int T, int C) {
+    static_assert(NB >= 1 && NB <= 32, "one token id per lane");
+    const int warp = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    if (warp >= T * ceil_div(B, NB)) return;  // uniform across the warp
+    const int lane = threadIdx.x % 32;
+    const int t = warp % T, b0 = (warp / T) * NB;
+    const int my_token = lane < NB && b0 + lane < B ? inp[(size_t)(b0 + lane) * T + t] : 0;
+    x128 p[VPL], a[NB][VPL];
+#pragma unroll
+    for (int i = 0; i < VPL; i++) {
+        const int c = (i * 32 + lane) * X128;
+        if (c < C) p[i] = load128(wpe + (size_t)t * C + c);
+    }
+#pragma unroll
+    for (int r = 0; r < NB; r++) {
+        const int token = __shfl_sync(0xFFFFFFFFu, my_token, r);
+        if (b0 + r < B) {
+#pragma unroll
+            for (int i = 0; i < VPL; i++) {
+                const int c = (i * 32 + lane) * X128;
+                if (c < C) a[r][i] = load128(wte + (size_t)token * C + c);
+            }
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < NB; r++) {
+        if (b0 + r >= B) break;
+        floatX* o = out + ((size_t)(b0 + r) * T + t) * C;
+#pragma unroll
+        for (int i = 0; i < VPL; i++) {
+            const int c = (i * 32 + lane) * X128;
+            if (c < C) {
+                x128 s;
+#pragma unroll
+                for (int k = 0; k < X128; k++)
+                    s.v[k] = from_float<floatX>(to_float(a[r][i].v[k]) + to_float(p[i].v[k]));
+                encoder_store128cs(o + c, s);
+            }
+        }
+    }
+}
+
+// forward v6: persistent (a grid that fits on the GPU at once), warp w takes rows w, w + W, ...
+// (W warps in all) and loads the next row's packets before it adds and stores the current one
+// (software pipelining: one row's loads always in flight); the token ids of its next 32 rows are
+// read at once, one per lane; cs stores. Fewer blocks: no launch ramp of 16,384 blocks.
+template <int VPL>
+__global__ void __launch_bounds__(256)
+    encoder_forward_v6_kernel(floatX* __restrict__ out, const int* __restrict__ inp, const floatX* __restrict__ wte,
+                              const floatX* __restrict__ wpe, int BT, int T, int C) {
+    const long long W = (long long)gridDim.x * (blockDim.x / 32);
+    long long row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    if (row >= BT) return;
+    const int lane = threadIdx.x % 32;
+    int my_token = row + lane * W < BT ? inp[row + lane * W] : 0;
+    int it = 0;  // index of the current row among the 32 whose token ids the lanes hold
+    x128 a[VPL], b[VPL];
+    {
+        const int token = __shfl_sync(0xFFFFFFFFu, my_token, 0);
+#pragma unroll
+        for (int i = 0; i < VPL; i++) {
+            const int c = (i * 32 + lane) * X128;
+            if (c < C) {
+                a[i] = load128(wte + (size_t)token * C + c);
+                b[i] = load128(wpe + (size_t)(row % T) * C + c);
+            }
+        }
+    }
+    for (;;) {
+        const long long next = row + W;
+        const bool has_next = next < BT;  // uniform across the warp
+        if (++it == 32) {
+            my_token = next + lane * W < BT ? inp[next + lane * W] : 0;
+            it = 0;
+        }
+        x128 na[VPL], nb[VPL];
+        const int token = __shfl_sync(0xFFFFFFFFu, my_token, it);
+        if (has_next) {
+#pragma unroll
+            for (int i = 0; i < VPL; i++) {
+                const int c = (i * 32 + lane) * X128;
+                if (c < C) {
+                    na[i] = load128(wte + (size_t)token * C + c);
+                    nb[i] = load128(wpe + (size_t)(next % T) * C + c);
+                }
+            }
+        }
+        floatX* o = out + (size_t)row * C;
+#pragma unroll
+        for (int i = 0; i < VPL; i++) {
+            const int c = (i * 32 + lane) * X128;
+            if (c < C) {
+                x128 s;
+#pragma unroll
+                for (int k = 0; k < X128; k++) s.v[k] = from_float<floatX>(to_float(a[i].v[k]) + to_float(b[i].v[k]));
+                encoder_store128cs(o + c, s);
+            }
+        }
+        if (!has_next) break;
+#pragma unroll
+        for (int i = 0; i < VPL; i++) {
+            a[i] = na[i];
+            b[i] = nb[i];
+        }
+        row = next;
+    }
+}
+
+// v5 / v6 where they apply (as v4: 16-byte accesses, C <= ENCODER_V4_MAX_VPL * 32 * X128), else v3
+template <int NB>
+static void encoder_forward_v5(floatX* out, const int* inp, const floatX* wte, const floatX* wpe, int B, int T, int C,
+                               int warps) {
+    const int vpl = ceil_div(C, 32 * X128);
+    if (!encoder_can_vectorize(C, out, wte, wpe) || vpl > ENCODER_V4_MAX_VPL) {
+        encoder_forward_v3(out, inp, wte, wpe, B, T, C, 0);
+        return;
+    }
+    const int grid = ceil_div(T * ceil_div(B, NB), warps);
+    switch (vpl) {
+        case 1: encoder_forward_v5_kernel<1, NB><<<grid, 32 * warps>>>(out, inp, wte, wpe, B, T, C); break;
+        case 2: encoder_forward_v5_kernel<2, NB><<<grid, 32 * warps>>>(out, inp, wte, wpe, B, T, C); break;
+        case 3: encoder_forward_v5_kernel<3, NB><<<grid, 32 * warps>>>(out, inp, wte, wpe, B, T, C); break;
+        default: encoder_forward_v5_kernel<4, NB><<<grid, 32 * warps>>>(out, inp, wte, wpe, B, T, C); break;
+    }
+    cudaCheckLast();
+}
+
+template <int VPL>
+static int encoder_forward_v6_grid(int warps, int BT) {
+    int device = 0, sms = 0, per_sm = 0;
+    cudaCheck(cudaGetDevice(&device));
+    cudaCheck(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+    cudaCheck(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, encoder_forward_v6_kernel<VPL>, 32 * warps, 0));
+    const int resident = sms * (per_sm > 0 ? per_sm : 1);
+    const int needed = ceil_div(BT, warps);
+    return needed < resident ? needed : resident;
+}
+
+static void encoder_forward_v6(floatX* out, const int* inp, const floatX* wte, const floatX* wpe, int B, int T, int C,
+                               int warps) {
+    const int vpl = ceil_div(C, 32 * X128), BT = B * T;
+    if (!encoder_can_vectorize(C, out, wte, wpe) || vpl > ENCODER_V4_MAX_VPL) {
+        encoder_forward_v3(out, inp, wte, wpe, B, T, C, 0);
+        return;
+    }
+    switch (vpl) {
+#define LLMC_ENC_V6_CASE(V)                                                                                   \
+    case V:                                                                                                   \
+        encoder_forward_v6_kernel<V><<<encoder_forward_v6_grid<V>(warps, BT), 32 * warps>>>(out, inp, wte, wpe, \
+                                                                                             BT, T, C);       \
+        break;
+        LLMC_ENC_V6_CASE(1)
+        LLMC_ENC_V6_CASE(2)
+        LLMC_ENC_V6_CASE(3)
+        LLMC_ENC_V6_CASE(4)
+#undef LLMC_ENC_V6_CASE
+    }
+    cudaCheckLast();
+}
+
+// ---- backward v2 (the engine's before 2026-11-24): cold kernel, column-sliced hot kernel ------
+// It reads the plan without the split flags (backward_data clears them for it). The hot tokens are
+// those of more than ENCODER_COLD_ROWS positions, as for v3's split ones.
+#define V2_HOT_THREADS 512   // hot kernel: block size
+#define V2_ROWS_PER_LANE 32  // hot kernel: positions per row-lane it aims for (sets the slices)
+#define V2_MIN_SLICE 4       // hot kernel: narrowest column slice, in packets (64 bytes for V = X128)
+#define V2_BATCH 4           // hot kernel: rows each thread loads before adding them
+
+// dwte of the cold tokens: one warp per bucket. Lane i holds the bucket's i-th position (a cold
+// bucket has at most 32); each lane reads its dwte packets (up to ENCODER_WARP_PACKETS of them, a
+// second pass when C is wider), then adds the bucket's rows in order, one row at a time, all its
+// packets of a row in flight together.
+template <int V>
+__global__ void encoder_backward_wte_cold_v2_kernel(floatX* __restrict__ dwte, const floatX* __restrict__ dout,
+                                                    const int* __restrict__ tokens, const int* __restrict__ starts,
+                                                    const int* __restrict__ positions, int n, int C) {
+    const int k = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    if (k >= n) return;
+    const int begin = starts[k], count = starts[k + 1] - begin;
+    if (count > ENCODER_COLD_ROWS) return;  // the hot kernel's
+    const int lane = threadIdx.x % 32;
+    const int my_position = lane < count ? positions[begin + lane] : 0;
+    floatX* g = dwte + (size_t)tokens[k] * C;
+    const int step = 32 * V;  // columns between a lane's packets
+    for (int base = 0; base < C; base += ENCODER_WARP_PACKETS * step) {
+        const int c0 = base + lane * V;
+        EncoderPack<V> old[ENCODER_WARP_PACKETS];
+#pragma unroll
+        for (int j = 0; j < ENCODER_WARP_PACKETS; j++)
+            if (c0 + j * step < C) old[j] = encoder_load<V>(g + c0 + j * step);
+        float acc[ENCODER_WARP_PACKETS][V] = {};
+#pragma unroll 1
+        for (int i = 0; i < count; i++) {
+            const floatX* d = dout + (size_t)__shfl_sync(0xFFFFFFFFu, my_position, i) * C;
+            EncoderPack<V> x[ENCODER_WARP_PACKETS];
+#pragma unroll
+            for (int j = 0; j < ENCODER_WARP_PACKETS; j++)
+                if (c0 + j * step < C) x[j] = encoder_load<V>(d + c0 + j * step);
+#pragma unroll
+            for (int j = 0; j < ENCODER_WARP_PACKETS; j++)
+                if (c0 + j * step < C)
+                    for (int e = 0; e < V; e++) acc[j][e] += to_float(x[j].v[e]);
+        }
+#pragma unroll
+        for (int j = 0; j < ENCODER_WARP_PACKETS; j++) {
+            if (c0 + j * step < C) {
+                for (int e = 0; e < V; e++) old[j].v[e] = from_float<floatX>(to_float(old[j].v[e]) + acc[j][e]);
+                encoder_store<V>(g + c0 + j * step, old[j]);
+            }
+        }
+    }
+}
+
+// dwte of the hot tokens. A hot bucket is split into `slices` column slices, as many as it takes
+// for each of a block's row-lanes to sum at most ~V2_ROWS_PER_LANE positions (up to P /
+// V2_MIN_SLICE slices for the largest: 64-byte slices of each row). Items (bucket k, slice s) are
+// numbered k * max_slices + s; a persistent grid walks them and skips the empty ones. For an item
+// of `width` packets, thread (row-lane r, packet q) sums packet q over positions r, r + lanes, ...
+// in order; the row-lanes' sums go through shared memory and one thread per column adds them in
+// row-lane order and updates dwte.
+template <int V>
+__global__ void __launch_bounds__(V2_HOT_THREADS)
+    encoder_backward_wte_hot_v2_kernel(floatX* __restrict__ dwte, const floatX* __restrict__ dout,
+                                       const int* __restrict__ tokens, const int* __restrict__ starts,
+                                       const int* __restrict__ positions, int n, int C) {
+    __shared__ float lane_sums[V2_HOT_THREADS * V];  // [row-lane][packet q][V], the current item
+    const int P = C / V;                            // packets per row
+    const int max_slices = ceil_div(P, V2_MIN_SLICE);
+    for (int item = blockIdx.x;; item += gridDim.x) {
+        const int k = item / max_slices, s = item % max_slices;
+        if (k >= n) break;
+        const int begin = starts[k], end = starts[k + 1];
+        if (end - begin <= ENCODER_COLD_ROWS) break;  // hot buckets come first: the rest are cold
+        long long slices =
+            ((long long)P * (end - begin) + V2_HOT_THREADS * V2_ROWS_PER_LANE - 1) /
+            (V2_HOT_THREADS * V2_ROWS_PER_LANE);
+        if (slices < ceil_div(P, V2_HOT_THREADS)) slices = ceil_div(P, V2_HOT_THREADS);
+        if (slices > max_slices) slices = max_slices;
+        const int width = ceil_div(P, (int)slices);  // packets per slice, <= V2_HOT_THREADS
+        const int p0 = s * width;                    // first packet of this slice
+        if (p0 >= P) continue;                       // an empty item: this bucket has fewer slices
+        const int lanes = V2_HOT_THREADS / width;
+        const int q = threadIdx.x % width, r = threadIdx.x / width;
+        const size_t c = (size_t)(p0 + q) * V;
+        float acc[V] = {};
+        if (r < lanes && p0 + q < P) {
+            for (int i0 = begin + r; i0 < end; i0 += V2_BATCH * lanes) {
+                EncoderPack<V> x[V2_BATCH];
+#pragma unroll
+                for (int j = 0; j < V2_BATCH; j++)
+                    if (i0 + j * lanes < end) x[j] = encoder_load<V>(dout + (size_t)positions[i0 + j * lanes] * C + c);
+#pragma unroll
+                for (int j = 0; j < V2_BATCH; j++)
+                    if (i0 + j * lanes < end)
+                        for (int e = 0; e < V; e++) acc[e] += to_float(x[j].v[e]);
+            }
+        }
+        for (int e = 0; e < V; e++) lane_sums[threadIdx.x * V + e] = acc[e];  // = [r][q][e]
+        __syncthreads();
+        const int columns = ((P - p0 < width) ? P - p0 : width) * V;
+        floatX* g = dwte + (size_t)tokens[k] * C + (size_t)p0 * V;
+        for (int col = threadIdx.x; col < columns; col += blockDim.x) {
+            float sum = 0.0f;
+            for (int rr = 0; rr < lanes; rr++) sum += lane_sums[rr * width * V + col];
+            g[col] = from_float<floatX>(to_float(g[col]) + sum);
+        }
+        __syncthreads();  // lane_sums is rewritten by the next item
+    }
+}
+
+template <int V>
+static void encoder_backward_wte_v2_launch(floatX* dwte, const floatX* dout, const int* plan_device, int n, int BT,
+                                           int C) {
+    const int* tokens = plan_device;
+    const int* starts = plan_device + n;
+    const int* positions = plan_device + 2 * n + 1;
+    if (n <= 0) return;
+    encoder_backward_wte_cold_v2_kernel<V><<<ceil_div(n, 8), 256>>>(dwte, dout, tokens, starts, positions, n, C);
+    cudaCheckLast();
+    const int max_hot = BT / (ENCODER_COLD_ROWS + 1) < n ? BT / (ENCODER_COLD_ROWS + 1) : n;
+    if (max_hot == 0) return;
+    int device = 0, sms = 0, per_sm = 0;
+    cudaCheck(cudaGetDevice(&device));
+    cudaCheck(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+    cudaCheck(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, encoder_backward_wte_hot_v2_kernel<V>,
+                                                            V2_HOT_THREADS, 0));
+    const long long items = (long long)max_hot * ceil_div(C / V, V2_MIN_SLICE);
+    const long long resident = (long long)sms * (per_sm > 0 ? per_sm : 1);
+    const int grid = (int)(items < resident ? items : resident);
+    encoder_backward_wte_hot_v2_kernel<V><<<grid, V2_HOT_THREADS>>>(dwte, dout, tokens, starts, positions, n, C);
+    cudaCheckLast();
+}
+
+static void encoder_backward_wte_v2(floatX* dwte, const floatX* dout, const int* plan_device, int n, int BT, int C) {
+    if (encoder_can_vectorize(C, dwte, dout, dout)) {
+        encoder_backward_wte_v2_launch<X128>(dwte, dout, plan_device, n, BT, C);
+    } else {
+        encoder_backward_wte_v2_launch<1>(dwte, dout, plan_device, n, BT, C);
+    }
+}
+
 // ---- inputs -----------------------------------------------------------------------------------
 
 enum TokenLaw { ZIPF, UNIFORM, ONE_TOKEN };
@@ -214,7 +544,9 @@ struct FwdVersion {
 static const FwdVersion FORWARD_VERSIONS[] = {
     {1, 0, 0, false, false}, {2, 0, 0, false, false}, {3, 0, 0, false, false}, {4, 1, 8, false, false},
     {4, 1, 8, true, false},  {4, 2, 8, true, false},  {4, 1, 4, true, false},  {4, 1, 2, true, false},
-    {4, 1, 8, true, true},   {4, 1, 4, true, true},   {4, 1, 2, true, true}};
+    {4, 1, 8, true, true},   {4, 1, 4, true, true},   {4, 1, 2, true, true},   {5, 2, 4, true, false},
+    {5, 4, 4, true, false},  {5, 2, 8, true, false},  {5, 8, 4, true, false},  {6, 1, 4, true, false},
+    {6, 1, 8, true, false}};
 static const FwdVersion FORWARD_ENTRY = {0, 0, 0, false, false};
 
 static bool forward_is_engine(const FwdVersion& v) {
@@ -231,6 +563,11 @@ static std::string forward_name(const FwdVersion& v) {
         if (v.stream) name += ", cs stores";
         if (v.keep) name += ", L2 evict_last loads";
         name += ")";
+    } else if (v.version == 5) {
+        name += " (" + std::to_string(v.rows) + " batch rows per warp share a wpe row, " + std::to_string(v.warps) +
+                " warps per block, cs stores)";
+    } else if (v.version == 6) {
+        name += " (persistent, next row prefetched, " + std::to_string(v.warps) + " warps per block, cs stores)";
     }
     if (forward_is_engine(v)) name += " (engine)";
     return name;
@@ -266,6 +603,17 @@ static void forward_call(const FwdVersion& v, floatX* out, const int* inp, const
                         (int)v.stream, (int)v.keep);
                 exit(1);
         }
+    } else if (v.version == 5) {
+        switch (v.rows) {
+            case 2: encoder_forward_v5<2>(out, inp, wte, wpe, s.B, s.T, s.C, v.warps); break;
+            case 4: encoder_forward_v5<4>(out, inp, wte, wpe, s.B, s.T, s.C, v.warps); break;
+            case 8: encoder_forward_v5<8>(out, inp, wte, wpe, s.B, s.T, s.C, v.warps); break;
+            default:
+                fprintf(stderr, "forward_call: no v5 instance with %d batch rows\n", v.rows);
+                exit(1);
+        }
+    } else if (v.version == 6) {
+        encoder_forward_v6(out, inp, wte, wpe, s.B, s.T, s.C, v.warps);
     } else {
         encoder_forward(out, inp, wte, wpe, s.B, s.T, s.C, 0);
     }
@@ -317,7 +665,27 @@ static void forward_case(const FwdVersion& v, const Shape& s, uint64_t seed, dou
 
 // ---- backward -------------------------------------------------------------------------------
 
-static const char* BACKWARD_VERSIONS[] = {"v1", "v2 (engine)"};
+// v3 with the dwpe pass's rows per load batch, the dwte rows kernel's rows in flight per warp and
+// its warps per block
+struct BwdVersion {
+    int version, rows_in_flight, warps;
+};
+static const BwdVersion BACKWARD_VERSIONS[] = {{1, 0, 0}, {2, 0, 0}, {3, 2, 4}, {3, 1, 4}, {3, 4, 4}, {3, 2, 8}};
+
+static bool backward_is_engine(const BwdVersion& v) {
+    return v.version == 3 && v.rows_in_flight == ENCODER_WTE_ROWS_IN_FLIGHT && v.warps == ENCODER_WTE_WARPS;
+}
+static std::string backward_name(const BwdVersion& v) {
+    std::string name = "v" + std::to_string(v.version);
+    if (v.version == 3) {
+        name += " (dwte " + std::to_string(v.rows_in_flight) +
+                (v.rows_in_flight == 1 ? " row" : " rows") + " in flight, " + std::to_string(v.warps) +
+                " warps per block";
+        name += ")";
+    }
+    if (backward_is_engine(v)) name += " (engine)";
+    return name;
+}
 
 struct BackwardData {
     Shape s;
@@ -325,7 +693,9 @@ struct BackwardData {
     std::vector<int> tokens;
     std::vector<floatX> dout, dwte0, dwpe0;  // host copies of the inputs
     floatX *d_dout, *d_dwte, *d_dwpe;
-    int* d_plan;
+    int* d_plan;     // the engine's plan
+    int* d_plan_v2;  // the same without the split flags (v1 and v2 read positions as they are)
+    float* d_scratch;
 };
 
 // fresh inputs, the engine's host-side plan, and their device copies
@@ -345,6 +715,9 @@ static void backward_data(BackwardData* d, const Shape& s, TokenLaw law, uint64_
     d->d_dwte = bench::to_device(d->dwte0);
     d->d_dwpe = bench::to_device(d->dwpe0);
     d->d_plan = bench::to_device(plan);
+    for (int i = 2 * d->n + 1; i < 3 * BT + 1; i++) plan[i] &= ENCODER_POSITION_MASK;
+    d->d_plan_v2 = bench::to_device(plan);
+    d->d_scratch = bench::device_alloc<float>(encoder_backward_scratch_floats(BT, s.C));
 }
 
 static void backward_free(BackwardData* d) {
@@ -352,18 +725,48 @@ static void backward_free(BackwardData* d) {
     cudaCheck(cudaFree(d->d_dwte));
     cudaCheck(cudaFree(d->d_dwpe));
     cudaCheck(cudaFree(d->d_plan));
+    cudaCheck(cudaFree(d->d_plan_v2));
+    cudaCheck(cudaFree(d->d_scratch));
 }
 
 // pass: 0 both (the version's whole backward), 1 dwpe only, 2 dwte only
-static void backward_call(int version, const BackwardData& d, int pass = 0) {
+// (the engine's entry point, encoder_backward, is v3 with the ENCODER_WPE_BATCH, ..., defines; it is
+// called as such for the version marked "(engine)")
+static void backward_call(const BwdVersion& v, const BackwardData& d, int pass = 0) {
     const Shape& s = d.s;
+    const int BT = s.B * s.T;
+    if (v.version == 1) {
+        if (pass != 2) encoder_backward_wpe_v1(d.d_dwpe, d.d_dout, s.B, s.T, s.C);
+        if (pass != 1) encoder_backward_wte_v1(d.d_dwte, d.d_dout, d.d_plan_v2, d.n, s.C);
+        return;
+    }
+    if (v.version == 2) {
+        if (pass != 2) encoder_backward_wpe_launch<4>(d.d_dwpe, d.d_dout, s.B, s.T, s.C, 0);
+        if (pass != 1) encoder_backward_wte_v2(d.d_dwte, d.d_dout, d.d_plan_v2, d.n, BT, s.C);
+        return;
+    }
+    if (pass == 0 && backward_is_engine(v)) {
+        encoder_backward(d.d_dwte, d.d_dwpe, d.d_scratch, d.d_dout, d.d_plan, d.n, s.B, s.T, s.C, 0);
+        return;
+    }
     if (pass != 2) {
-        if (version == 0) encoder_backward_wpe_v1(d.d_dwpe, d.d_dout, s.B, s.T, s.C);
-        else encoder_backward_wpe(d.d_dwpe, d.d_dout, s.B, s.T, s.C, 0);
+        encoder_backward_wpe(d.d_dwpe, d.d_dout, s.B, s.T, s.C, 0);
     }
     if (pass != 1) {
-        if (version == 0) encoder_backward_wte_v1(d.d_dwte, d.d_dout, d.d_plan, d.n, s.C);
-        else encoder_backward_wte(d.d_dwte, d.d_dout, d.d_plan, d.n, s.B * s.T, s.C, 0);
+        switch (v.rows_in_flight) {
+            case 1:
+                encoder_backward_wte_v3<1>(d.d_dwte, d.d_scratch, d.d_dout, d.d_plan, d.n, BT, s.C, v.warps, 0);
+                break;
+            case 2:
+                encoder_backward_wte_v3<2>(d.d_dwte, d.d_scratch, d.d_dout, d.d_plan, d.n, BT, s.C, v.warps, 0);
+                break;
+            case 4:
+                encoder_backward_wte_v3<4>(d.d_dwte, d.d_scratch, d.d_dout, d.d_plan, d.n, BT, s.C, v.warps, 0);
+                break;
+            default:
+                fprintf(stderr, "backward_call: no dwte instance with %d rows in flight\n", v.rows_in_flight);
+                exit(1);
+        }
     }
 }
 
@@ -372,8 +775,8 @@ static std::string backward_kernel(const char* what, const Shape& s, TokenLaw la
 }
 
 // checks one version at one shape on fresh inputs (twice: same bits); with copy_gbs > 0 also times it
-static void backward_case(int version, const Shape& s, TokenLaw law, uint64_t seed, double copy_gbs) {
-    const char* name = BACKWARD_VERSIONS[version];
+static void backward_case(const BwdVersion& version, const Shape& s, TokenLaw law, uint64_t seed, double copy_gbs) {
+    const std::string name = backward_name(version);
     const int BT = s.B * s.T;
     const size_t n_dwte = (size_t)PADDED_VOCAB * s.C, n_dwpe = (size_t)s.T * s.C;
     BackwardData d;
@@ -400,14 +803,16 @@ static void backward_case(int version, const Shape& s, TokenLaw law, uint64_t se
     cudaCheck(cudaDeviceSynchronize());
     if (!bench::same_bits(dwte1, bench::to_host(d.d_dwte, n_dwte)) ||
         !bench::same_bits(dwpe1, bench::to_host(d.d_dwpe, n_dwpe))) {
-        printf("backward %s %s: a second run from the same state gave different bits\n", name, shape_name(s).c_str());
+        printf("backward %s %s: a second run from the same state gave different bits\n", name.c_str(),
+               shape_name(s).c_str());
         err = INFINITY;
     }
 
     const std::string kernel = backward_kernel("", s, law);
     if (copy_gbs > 0.0) {
         const double ms = bench::time_ms([&] { backward_call(version, d); });
-        const double bytes = ((double)BT + 2.0 * d.n + 2.0 * s.T) * s.C * sizeof(floatX) + 4.0 * (BT + 2.0 * d.n + 1);
+        const double bytes =
+            ((double)BT + 2.0 * d.n + 2.0 * s.T) * s.C * sizeof(floatX) + 4.0 * (BT + 2.0 * d.n + 1);
         bench::report_memory(kernel, name, err, TOL, ms, bytes, copy_gbs);
     } else {
         bench::check((kernel + " " + name).c_str(), err, TOL);
@@ -416,8 +821,9 @@ static void backward_case(int version, const Shape& s, TokenLaw law, uint64_t se
 }
 
 // times one version's two passes alone (checked as a whole by backward_case)
-static void backward_passes(int version, const Shape& s, TokenLaw law, uint64_t seed, double copy_gbs) {
-    const char* name = BACKWARD_VERSIONS[version];
+static void backward_passes(const BwdVersion& version, const Shape& s, TokenLaw law, uint64_t seed,
+                            double copy_gbs) {
+    const std::string name = backward_name(version);
     const int BT = s.B * s.T;
     BackwardData d;
     backward_data(&d, s, law, seed);
@@ -468,11 +874,12 @@ int main(int argc, char** argv) {
         Shape s;
         TokenLaw law;
     } const odd_bwd[] = {
-        {{3, 37, 100}, UNIFORM}, {{8, 512, 100}, ZIPF}, {{4, 256, 72}, ZIPF}, {{2, 1024, 768}, ONE_TOKEN}};
-    for (int v = 0; v < 2; v++)
+        {{3, 37, 100}, UNIFORM}, {{8, 512, 100}, ZIPF},       {{4, 256, 72}, ZIPF},
+        {{2, 1024, 768}, ONE_TOKEN}, {{3, 37, 100}, ONE_TOKEN}, {{4, 300, 1600}, ZIPF}};
+    for (const BwdVersion& v : BACKWARD_VERSIONS)
         for (const auto& c : odd_bwd) backward_case(v, c.s, c.law, seed++, 0.0);
     for (TokenLaw law : {ZIPF, UNIFORM})
-        for (int v = 0; v < 2; v++) backward_case(v, full, law, seed++, copy_gbs);
-    for (int v = 0; v < 2; v++) backward_passes(v, full, ZIPF, seed++, copy_gbs);
+        for (const BwdVersion& v : BACKWARD_VERSIONS) backward_case(v, full, law, seed++, copy_gbs);
+    for (const BwdVersion& v : BACKWARD_VERSIONS) backward_passes(v, full, ZIPF, seed++, copy_gbs);
     return bench::finish();
 }
