@@ -51,6 +51,14 @@ Versions, forward:
                loads the next row before it adds and stores the current one; cs stores.
                2026-11-24: 68.8% / 67.4% (4 warps), 68.1% / 69.2% (8 warps): the launch ramp of
                v4's 16,384 blocks costs less than the loop does.
+  (Dropped after one run, 2026-11-24 session 4: a block per position t with its wpe row in
+  shared memory, warps walking the batch rows b, 1 or 2 at a time: 72.5% / 72.7% with 8 warps,
+  68.5% with 4, against v4's 79.1% in the same run. It reads wpe from L2 once per 64 rows, so, as
+  v5 showed, L2 loads are not the limit; the difference is that v4 writes consecutive rows while
+  this one writes rows T apart.)
+  Reference row: cudaMemset of out, a stream of writes only, reaches 88.2-88.9% of copy (27.4-27.6
+  us for 100 MB; two runs). The forward writes those 100 MB and reads ~27 MB more, so its bound
+  on this count is near 90%, and v4 is about 10 points under it.
   The engine entry point (encoder_forward) is also checked on every shape.
 Versions, backward (both deterministic: the host groups positions by token, encoder_backward_plan):
   v1           naive: dwpe one thread per (t, c) summing over b; dwte one block per distinct token,
@@ -568,6 +576,7 @@ static std::string forward_name(const FwdVersion& v) {
                 " warps per block, cs stores)";
     } else if (v.version == 6) {
         name += " (persistent, next row prefetched, " + std::to_string(v.warps) + " warps per block, cs stores)";
+
     }
     if (forward_is_engine(v)) name += " (engine)";
     return name;
@@ -617,6 +626,18 @@ static void forward_call(const FwdVersion& v, floatX* out, const int* inp, const
     } else {
         encoder_forward(out, inp, wte, wpe, s.B, s.T, s.C, 0);
     }
+}
+
+// The forward writes B*T*C values and reads a fifth as many (distinct wte rows, wpe), so what a
+// write-only stream reaches on this GPU bounds it more tightly than the copy does: cudaMemset of
+// out, timed like the versions and printed as a reference row (no check, not a version).
+static void forward_write_reference(const Shape& s, double copy_gbs) {
+    const size_t bytes = (size_t)s.B * s.T * s.C * sizeof(floatX);
+    floatX* d_out = bench::device_alloc<floatX>(bytes / sizeof(floatX));
+    const double ms = bench::time_ms([&] { cudaCheck(cudaMemsetAsync(d_out, 0, bytes)); });
+    bench::report_memory("encoder forward (" + shape_name(s) + ")", "reference: cudaMemset of out (writes only)",
+                         -1.0, TOL, ms, (double)bytes, copy_gbs);
+    cudaCheck(cudaFree(d_out));
 }
 
 // checks one version at one shape on fresh inputs; with copy_gbs > 0 also times it (on those inputs)
@@ -869,6 +890,7 @@ int main(int argc, char** argv) {
     }
     for (const Shape& s : odd) forward_case(FORWARD_ENTRY, s, seed++, 0.0);
     forward_case(FORWARD_ENTRY, full, seed++, 0.0);
+    forward_write_reference(full, copy_gbs);
 
     struct {
         Shape s;
