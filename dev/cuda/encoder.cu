@@ -174,6 +174,22 @@ static void encoder_backward_wte_v1(floatX* dwte, const floatX* dout, const int*
     cudaCheckLast();
 }
 
+// out row o = a + p, packet i of the row at (i * 32 + lane) * X128, stored with st.global.cs (v5, v6)
+template <int VPL>
+__device__ static inline void encoder_store_sum_cs(floatX* o, const x128 (&a)[VPL], const x128 (&p)[VPL], int lane,
+                                                   int C) {
+#pragma unroll
+    for (int i = 0; i < VPL; i++) {
+        const int c = (i * 32 + lane) * X128;
+        if (c < C) {
+            x128 s;
+#pragma unroll
+            for (int k = 0; k < X128; k++) s.v[k] = from_float<floatX>(to_float(a[i].v[k]) + to_float(p[i].v[k]));
+            encoder_store128cs(o + c, s);
+        }
+    }
+}
+
 // forward v5: a warp takes one position t and NB consecutive batch rows b0 .. b0+NB-1 (rows
 // b T + t): it loads the wpe row once for the NB rows (v4 loads one wpe row per out row, so half of
 // its loads from L2 are wpe), then the NB wte rows, all before the first addition; cs stores.
@@ -208,18 +224,7 @@ __global__ void __launch_bounds__(256) encoder_forward_v5_kernel(floatX* __restr
 #pragma unroll
     for (int r = 0; r < NB; r++) {
         if (b0 + r >= B) break;
-        floatX* o = out + ((size_t)(b0 + r) * T + t) * C;
-#pragma unroll
-        for (int i = 0; i < VPL; i++) {
-            const int c = (i * 32 + lane) * X128;
-            if (c < C) {
-                x128 s;
-#pragma unroll
-                for (int k = 0; k < X128; k++)
-                    s.v[k] = from_float<floatX>(to_float(a[r][i].v[k]) + to_float(p[i].v[k]));
-                encoder_store128cs(o + c, s);
-            }
-        }
+        encoder_store_sum_cs<VPL>(out + ((size_t)(b0 + r) * T + t) * C, a[r], p, lane, C);
     }
 }
 
@@ -268,17 +273,7 @@ __global__ void __launch_bounds__(256)
                 }
             }
         }
-        floatX* o = out + (size_t)row * C;
-#pragma unroll
-        for (int i = 0; i < VPL; i++) {
-            const int c = (i * 32 + lane) * X128;
-            if (c < C) {
-                x128 s;
-#pragma unroll
-                for (int k = 0; k < X128; k++) s.v[k] = from_float<floatX>(to_float(a[i].v[k]) + to_float(b[i].v[k]));
-                encoder_store128cs(o + c, s);
-            }
-        }
+        encoder_store_sum_cs<VPL>(out + (size_t)row * C, a, b, lane, C);
         if (!has_next) break;
 #pragma unroll
         for (int i = 0; i < VPL; i++) {
