@@ -52,6 +52,7 @@ which HS = 128 needs for its registers.
 #include <cudaTypedefs.h>  // PFN_cuTensorMapEncodeTiled: reached through the runtime, no libcuda link
 
 #include "llmc/attention.cuh"
+#include "llmc/bulk_copy.cuh"
 #include "llmc/wgmma.cuh"
 
 #ifndef LLMC_ATTENTION_HOPPER_CUH
@@ -203,25 +204,11 @@ __device__ __forceinline__ void fah_store(fa_bf16* out, float* lse, const float 
 // rows (finite values that the causal mask zeroes: their keys are after every valid query, their
 // queries are never stored) or, past the tensor, zeros.
 
-__device__ __forceinline__ void fah_mbar_init(uint32_t bar, int count) {
-    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count));
-}
 // one thread initializes n mbarriers (arrival count 1) at bar0, bar0 + 8, ...; the caller then
-// synchronizes the block before anyone uses them
+// synchronizes the block before anyone uses them (the mbarrier helpers: llmc/bulk_copy.cuh)
 __device__ __forceinline__ void fah_mbar_init_all(uint32_t bar0, int n) {
-    for (int i = 0; i < n; i++) fah_mbar_init(bar0 + 8 * i, 1);
-    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
-}
-__device__ __forceinline__ void fah_mbar_expect_tx(uint32_t bar, uint32_t bytes) {
-    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
-}
-__device__ __forceinline__ void fah_mbar_wait(uint32_t bar, int parity) {
-    asm volatile(
-        "{\n.reg .pred done;\nwait_again:\n"
-        "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
-        "@!done bra wait_again;\n}\n" ::"r"(bar),
-        "r"(parity)
-        : "memory");
+    for (int i = 0; i < n; i++) mbar_init(bar0 + 8 * i, 1);
+    mbar_init_fence();
 }
 // box (64 columns x the map's rows) at (column c0, row c1) of the tensor behind map -> dst
 __device__ __forceinline__ void fah_tma_load(uint32_t dst, const CUtensorMap* map, int c0, int c1, uint32_t bar) {
@@ -398,7 +385,7 @@ __global__ void __launch_bounds__(128)
         if constexpr (TMA) {
             if (producer) {
                 const uint32_t bar = bar0 + 8 * (tile % STAGES);
-                fah_mbar_expect_tx(bar, 2 * KV_BYTES);
+                mbar_expect_tx(bar, 2 * KV_BYTES);
 #pragma unroll
                 for (int p = 0; p < HS / 64; p++) {
                     fah_tma_load(k_stage(tile) + p * BN * 128, &map_kv, C + h * HS + p * 64, b * T + tile * BN, bar);
@@ -416,7 +403,7 @@ __global__ void __launch_bounds__(128)
         if (producer) fah_mbar_init_all(bar0, STAGES + 1);
         __syncthreads();
         if (producer) {
-            fah_mbar_expect_tx(q_bar, Q_BYTES);
+            mbar_expect_tx(q_bar, Q_BYTES);
             fah_tma_tile<BM, HS>(q_s, &map_q, h * HS, b * T + q0, q_bar);
             for (int tile = 0; tile < STAGES - 1 && tile < nkb; tile++) load_kv(tile);
         }
@@ -439,8 +426,8 @@ __global__ void __launch_bounds__(128)
 
     // tile 0: S_0, softmax -> P_0
     if constexpr (TMA) {
-        fah_mbar_wait(q_bar, 0);
-        fah_mbar_wait(bar0, 0);
+        mbar_wait(q_bar, 0);
+        mbar_wait(bar0, 0);
     } else {
         fa_cp_async_wait<STAGES - 2>();
         fence_proxy_async();
@@ -468,7 +455,7 @@ __global__ void __launch_bounds__(128)
     for (int kb = 0; kb + 1 < nkb; kb++) {
         // tile kb + 1 must be visible; the stage of tile kb - 1 (its P V waited for) is free
         if constexpr (TMA) {
-            fah_mbar_wait(bar0 + 8 * ((kb + 1) % STAGES), ((kb + 1) / STAGES) & 1);
+            mbar_wait(bar0 + 8 * ((kb + 1) % STAGES), ((kb + 1) / STAGES) & 1);
             __syncthreads();
             if (kb + STAGES - 1 < nkb) load_kv(kb + STAGES - 1);
         } else {

@@ -140,7 +140,7 @@ __global__ void __launch_bounds__(CFG::NWG * 128, CFG::MINB)
         const uint32_t q_st = qd_s + 2 * st * T_BYTES;
         if constexpr (CFG::TMA) {
             if (producer) {
-                fah_mbar_expect_tx(bar0 + 8 * st, 2 * T_BYTES);
+                mbar_expect_tx(bar0 + 8 * st, 2 * T_BYTES);
                 fah_tma_tile<BQ, HS>(q_st, &map_qkv, h * HS, b * T + i0, bar0 + 8 * st);
                 fah_tma_tile<BQ, HS>(q_st + T_BYTES, &map_do, h * HS, b * T + i0, bar0 + 8 * st);
             }
@@ -159,7 +159,7 @@ __global__ void __launch_bounds__(CFG::NWG * 128, CFG::MINB)
         if (producer) fah_mbar_init_all(bar0, STAGES + 1);
         __syncthreads();
         if (producer) {
-            fah_mbar_expect_tx(kv_bar, 2 * KV_BYTES);
+            mbar_expect_tx(kv_bar, 2 * KV_BYTES);
             fah_tma_tile<BKEYS, HS>(k_s, &map_qkv, C + h * HS, b * T + k0, kv_bar);
             fah_tma_tile<BKEYS, HS>(v_s, &map_qkv, 2 * C + h * HS, b * T + k0, kv_bar);
         }
@@ -182,8 +182,8 @@ __global__ void __launch_bounds__(CFG::NWG * 128, CFG::MINB)
     for (int it = 0; it < nqt; it++) {
         fa_cp_async_wait<AHEAD - 1>();  // this thread's copies of tile it landed
         if constexpr (CFG::TMA) {       // the tiles' bytes arrived (TMA writes through the async proxy)
-            if (it == 0) fah_mbar_wait(kv_bar, 0);
-            fah_mbar_wait(bar0 + 8 * (it % STAGES), (it / STAGES) & 1);
+            if (it == 0) mbar_wait(kv_bar, 0);
+            mbar_wait(bar0 + 8 * (it % STAGES), (it / STAGES) & 1);
         } else {
             fence_proxy_async();  // cp.async's writes visible to the tensor cores' (async proxy) reads
         }
@@ -350,7 +350,7 @@ __global__ void __launch_bounds__(CFG::NWG * 128, CFG::MINB)
         if constexpr (CFG::TMA) {
             if (producer) {
                 const uint32_t bar = bar0 + 8 * (tile % STAGES);
-                fah_mbar_expect_tx(bar, 2 * KV_BYTES);
+                mbar_expect_tx(bar, 2 * KV_BYTES);
                 fah_tma_tile<BK, HS>(st, &map_qkv, C + h * HS, b * T + tile * BK, bar);
                 fah_tma_tile<BK, HS>(st + KV_BYTES, &map_qkv, 2 * C + h * HS, b * T + tile * BK, bar);
             }
@@ -363,7 +363,7 @@ __global__ void __launch_bounds__(CFG::NWG * 128, CFG::MINB)
         if (producer) fah_mbar_init_all(bar0, STAGES + 1);
         __syncthreads();
         if (producer) {
-            fah_mbar_expect_tx(qd_bar, 2 * Q_BYTES);
+            mbar_expect_tx(qd_bar, 2 * Q_BYTES);
             fah_tma_tile<BM, HS>(q_s, &map_qkv, h * HS, b * T + q0, qd_bar);
             fah_tma_tile<BM, HS>(do_s, &map_do, h * HS, b * T + q0, qd_bar);
         }
@@ -383,8 +383,8 @@ __global__ void __launch_bounds__(CFG::NWG * 128, CFG::MINB)
 
     for (int kb = 0; kb < nkb; kb++) {
         if constexpr (CFG::TMA) {
-            if (kb == 0) fah_mbar_wait(qd_bar, 0);
-            fah_mbar_wait(bar0 + 8 * (kb % STAGES), (kb / STAGES) & 1);
+            if (kb == 0) mbar_wait(qd_bar, 0);
+            mbar_wait(bar0 + 8 * (kb % STAGES), (kb / STAGES) & 1);
         } else {
             fa_cp_async_wait<AHEAD - 1>();
             fence_proxy_async();

@@ -39,6 +39,12 @@ and dwte is computed by two kernels (v3, 2026-11-24):
           order and one warp adds the warps' sums in order). The partials (<= 12.6 MB at GPT-2
           124M shapes, mostly from L2) are ~1% of the bytes.
 The chunk boundaries depend only on the plan, so the result is the same bits run to run.
+v4 (2026-11-24 session 5, the engine's rows kernel where it applies) does the same items and sums,
+with the rows brought in by bulk copies (llmc/bulk_copy.cuh): each warp is a persistent worker
+with a ring of ENCODER_WTE_ROWS_IN_FLIGHT row buffers in shared memory that its lane 0 keeps
+filled, across item boundaries, and a bucket's dwte row comes through the ring too. v3 loaded the
+rows into registers (109 per thread for one row in flight), which capped the warps per SM; v4 has
+60 registers at C = 768 and no register cost per row in flight.
 dwpe is a column sum over b: one thread per (t, packet), b in order.
 
 Each gradient needs all of dout, so the backward reads dout twice (once for dwpe, once for dwte):
@@ -47,10 +53,13 @@ which without atomics needs partial sums the size of dout (or, split by ranges o
 second read hits L2, per-range partial rows of every token seen in two ranges: ~16,000 distinct
 tokens, tens of MB of partials at these shapes, as many bytes as the second read of dout saves;
 not built). So the backward tops out near half of the copy bandwidth on the "dout once" count.
+The way out that stays deterministic, not built: sum dwpe where dout's rows are produced, in layer
+0's ln1 backward, whose teams would each own one position t (grid x teams a multiple of T) and
+keep its sum over b in registers; the encoder backward would then be the dwte pass alone.
 
 Measured (dev/cuda/encoder.cu, H200, B = 64, T = 1024, C = 768 bf16, 2026-11-24, three runs), the
 whole backward: Zipf tokens v2 207.8 / 210.1 / 206.5 us (18%); v3 with 2 rows in flight 91.6 /
-91.3 / 92.5 us (40-41%), with 1 row (the engine's) - / 90.3 / 90.6 us (41.3-41.4%); uniform
+91.3 / 92.5 us (40-41%), with 1 row (the engine's then) - / 90.3 / 90.6 us (41.3-41.4%); uniform
 tokens v2 109.4 / 110.0 / 109.8 us, v3 2 rows 110.1 / 108.5 / 108.7 us, 1 row - / 108.9 / 108.1 us
 (48-49%, unchanged: nearly every token is cold there). The dwte pass alone (Zipf) 180-184 us (v2)
 -> 62.7-65.1 us (56-58% on its count: it reads dout plus the touched dwte rows twice), the dwpe
@@ -60,6 +69,18 @@ against 109 for 1 row), 8 warps per block with 4 rows 125.7 us (with 2 rows 91.9
 register caps by __launch_bounds__ (64 or 85 registers) spill and ran at 135-286 us. dwpe with 8
 or 16 rows per load batch instead of 4: 34.5 / 34.0 us vs 32.3 us (95 and 168 registers: its 384
 blocks no longer fit in one wave).
+
+Measured 2026-11-24 session 5 (two runs, same shapes): the whole backward, Zipf tokens, v3 92.0 /
+91.5 us -> v4 with 2 rows in flight, 4 warps per block (the engine's) 84.1 / 84.3 us (44.2%
+of copy), 8 warps per block 84.9 / 86.6 us; uniform tokens 111.5 / 108.6 -> 91.5 / 92.1 us (57%),
+8 warps 91.0 / 91.9 us. The dwte pass alone (Zipf) 63.6 / 62.3 -> 58.0 / 56.3 us (63.0-64.6% on
+its count; 8 warps 56.5 / 58.5 us). More rows in flight per warp was slower, not faster: 4 rows
+58.4-61.4 us, 8 rows 66.0 us, 16 rows 78.8 us (4 warps per block); so were 2 warps per block
+(4 rows: 59.4 us). What the rows alone cost: every dout row read once in the plan's order and nothing else
+(dev/cuda/encoder.cu's reference row) takes 30.9-32.1 us (76-79% of copy, Zipf and uniform alike,
+the same as the dwpe pass's sequential read of dout): gathering rows by token costs no more than
+reading them in order, and the dwte pass spends ~25 us beyond its reads of dout on the dwte rows,
+the partials and the serial steps of each warp (wait, add, refill).
 
 History (issue 5, dev/cuda/encoder.cu measures every version): before, the forward was one thread
 per element with a division per element and 2-byte loads, and dwte was one block per token with
@@ -75,6 +96,7 @@ on Zipf tokens.
 #include <stdlib.h>
 #include <string.h>
 
+#include "llmc/bulk_copy.cuh"
 #include "llmc/cuda_common.cuh"
 
 #define ENCODER_COLD_ROWS 32    // a token with at most this many positions: one warp; more: split in chunks
@@ -550,6 +572,155 @@ __global__ void __launch_bounds__(ENCODER_REDUCE_THREADS)
     }
 }
 
+// ---- dwte by bulk copies (v4) ----------------------------------------------------------------
+// One bulk copy (cp.async.bulk, Hopper's TMA engine without a tensor map) moves a whole row of
+// global memory into shared memory and signals an mbarrier with its byte count when it lands: one
+// instruction of one lane per row, and no registers held while it is in flight. So a warp can keep
+// S rows in flight at no register cost (v3's loads into registers cost 109 registers for one row
+// in flight, 168 for four).
+
+// One item of the dwte work, as v3 numbers them (chunks of the split prefix, then buckets): the
+// rows of its stream (a bucket's: its dwte row, then its dout rows; a chunk's: its dout rows), where
+// its positions start, the chunk's boundary (v3's rows kernel) and the bucket's token. len 0: no
+// work (a chunk past the split prefix, a split bucket, or past the end). Warp-collective.
+struct EncoderItem {
+    int len, base, boundary, token;
+};
+__device__ static inline EncoderItem encoder_item(int item, const int* __restrict__ tokens,
+                                                  const int* __restrict__ starts, const int* __restrict__ positions,
+                                                  int n, int BT, int chunks, int lane) {
+    EncoderItem it = {0, 0, 0, -1};
+    if (item < chunks) {
+        const int raw = 32 * item + lane < BT ? positions[32 * item + lane] : 0;
+        const unsigned split = __ballot_sync(0xFFFFFFFFu, (raw & ENCODER_SPLIT_FLAG) != 0);
+        if (!(split & 1u)) return it;
+        const unsigned firsts = __ballot_sync(0xFFFFFFFFu, (raw & ENCODER_FIRST_FLAG) != 0) & split;
+        it.len = __popc(split);
+        it.base = 32 * item;
+        it.boundary = firsts ? __ffs(firsts) - 1 : it.len;
+        return it;
+    }
+    const int k = item - chunks;
+    if (k >= n) return it;
+    const int begin = starts[k], count = starts[k + 1] - begin;
+    if (count > ENCODER_COLD_ROWS) return it;
+    it.len = count + 1;
+    it.base = begin;
+    it.boundary = count;
+    it.token = tokens[k];
+    return it;
+}
+
+// v4 dwte rows kernel: v3's items and sums, each warp a persistent worker (items w, w + W, ...)
+// with a ring of S row buffers in shared memory that lane 0 keeps filled by bulk copies, S rows
+// ahead of the row being summed, across item boundaries. A bucket's dwte row comes through the
+// ring too (the sum starts from it). P packets per lane cover a row (C <= 32 * P * V).
+template <int P, int S>
+__global__ void __launch_bounds__(256) encoder_backward_wte_bulk_kernel(
+    floatX* __restrict__ dwte, float* __restrict__ scratch, const floatX* __restrict__ dout,
+    const int* __restrict__ tokens, const int* __restrict__ starts, const int* __restrict__ positions, int n,
+    int BT, int chunks, int C) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    constexpr int V = X128;
+    extern __shared__ __align__(128) unsigned char encoder_smem[];
+    const int warps = blockDim.x / 32, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const uint32_t row_bytes = (uint32_t)(C * sizeof(floatX));
+    unsigned char* ring = encoder_smem + (size_t)warp * S * row_bytes;
+    const uint32_t ring_s = smem_addr(ring);
+    const uint32_t bar0 = smem_addr(encoder_smem + (size_t)warps * S * row_bytes) +
+                          8u * (uint32_t)(warp * S);
+    if (lane == 0) {
+        for (int s = 0; s < S; s++) mbar_init(bar0 + 8 * s, 1);
+        mbar_init_fence();
+    }
+    __syncwarp();
+    const int W = gridDim.x * warps, items = chunks + n;
+    // the issuer: the item and row of the next copy
+    int issue_item = blockIdx.x * warps + warp, issue_e = 0;
+    EncoderItem issue = encoder_item(issue_item, tokens, starts, positions, n, BT, chunks, lane);
+    unsigned issued = 0;
+    auto issue_next = [&]() {  // warp-uniform
+        while (issue.len == 0 && issue_item < items) {
+            issue_item += W;
+            issue = encoder_item(issue_item, tokens, starts, positions, n, BT, chunks, lane);
+        }
+        if (issue_item >= items) return;
+        if (lane == 0) {
+            const floatX* src;
+            if (issue.token >= 0 && issue_e == 0) {
+                src = dwte + (size_t)issue.token * C;
+            } else {
+                const int r = issue_e - (issue.token >= 0 ? 1 : 0);
+                src = dout + (size_t)(positions[issue.base + r] & ENCODER_POSITION_MASK) * C;
+            }
+            const int slot = issued % S;
+            mbar_expect_tx(bar0 + 8 * slot, row_bytes);
+            bulk_copy_g2s(ring_s + slot * row_bytes, src, row_bytes, bar0 + 8 * slot);
+        }
+        issued++;
+        if (++issue_e == issue.len) {
+            issue_e = 0;
+            issue.len = 0;  // moves on at the next call
+        }
+    };
+#pragma unroll 1
+    for (int s = 0; s < S; s++) issue_next();
+
+    unsigned consumed = 0;
+    for (int item = blockIdx.x * warps + warp; item < items; item += W) {
+        const EncoderItem it = encoder_item(item, tokens, starts, positions, n, BT, chunks, lane);
+        if (it.len == 0) continue;
+        float acc[P][V];
+#pragma unroll
+        for (int j = 0; j < P; j++)
+#pragma unroll
+            for (int e = 0; e < V; e++) acc[j][e] = 0.0f;
+#pragma unroll 1
+        for (int e = 0; e < it.len; e++) {
+            const int slot = consumed % S;
+            mbar_wait(bar0 + 8 * slot, (consumed / S) & 1);
+            const unsigned char* row = ring + (size_t)slot * row_bytes;
+#pragma unroll
+            for (int j = 0; j < P; j++) {
+                const int c = (j * 32 + lane) * V;
+                if (c < C) {
+                    const x128 x = *reinterpret_cast<const x128*>(row + (size_t)c * sizeof(floatX));
+#pragma unroll
+                    for (int k = 0; k < V; k++) acc[j][k] += to_float(x.v[k]);
+                }
+            }
+            __syncwarp();  // every lane has read the slot: it can be refilled
+            consumed++;
+            issue_next();
+            if (it.token < 0 && it.boundary > 0 && e + 1 == it.boundary) {  // a chunk's tail ends here
+                encoder_store_partial<V, P>(scratch + (size_t)(2 * item) * C, acc, lane * V, C);
+#pragma unroll
+                for (int j = 0; j < P; j++)
+#pragma unroll
+                    for (int k = 0; k < V; k++) acc[j][k] = 0.0f;
+            }
+        }
+        if (it.token >= 0) {
+            floatX* g = dwte + (size_t)it.token * C;
+#pragma unroll
+            for (int j = 0; j < P; j++) {
+                const int c = (j * 32 + lane) * V;
+                if (c < C) {
+                    x128 o;
+#pragma unroll
+                    for (int k = 0; k < V; k++) o.v[k] = from_float<floatX>(acc[j][k]);
+                    store128(g + c, o);
+                }
+            }
+        } else if (it.boundary < it.len) {  // a chunk's head
+            encoder_store_partial<V, P>(scratch + (size_t)(2 * item + 1) * C, acc, lane * V, C);
+        }
+    }
+#else
+    __trap();  // built for sm_90 and later only (the launcher checks)
+#endif
+}
+
 // ---- backward launchers ---------------------------------------------------------------------
 
 // fp32 values of scratch encoder_backward needs: two partial rows per 32-position chunk
@@ -570,20 +741,12 @@ static void encoder_backward_wpe_launch(floatX* dwpe, const floatX* dout, int B,
     cudaCheckLast();
 }
 
-// dwte pass alone: the rows kernel, then the reduce kernel (plan_device: the plan on the device, n
-// buckets; scratch: encoder_backward_scratch_floats(BT, C) floats). U rows in flight per warp.
-template <int V, int P, int U>
-static void encoder_backward_wte_v3_launch(floatX* dwte, float* scratch, const floatX* dout, const int* plan_device,
-                                           int n, int BT, int C, int warps, cudaStream_t stream) {
+// the dwte reduce kernel after a rows kernel (v3 or v4): a persistent grid over the split tokens'
+// (bucket, column tile) items, none when no token is split
+static void encoder_backward_wte_reduce(floatX* dwte, const float* scratch, const int* plan_device, int n,
+                                        int BT, int C, cudaStream_t stream) {
     const int* tokens = plan_device;
     const int* starts = plan_device + n;
-    const int* positions = plan_device + 2 * n + 1;
-    if (n <= 0) return;
-    // chunks: enough for every position to be split (the kernel stops at the first that is not)
-    const int chunks = BT / (ENCODER_COLD_ROWS + 1) > 0 ? ceil_div(BT, 32) : 0;
-    encoder_backward_wte_rows_kernel<V, P, U><<<ceil_div(chunks + n, warps), 32 * warps, 0, stream>>>(
-        dwte, scratch, dout, tokens, starts, positions, n, BT, chunks, C);
-    cudaCheckLast();
     const int max_split = BT / (ENCODER_COLD_ROWS + 1) < n ? BT / (ENCODER_COLD_ROWS + 1) : n;
     if (max_split == 0) return;
     const int W = C % 4 == 0 ? 4 : 1;
@@ -608,6 +771,23 @@ static void encoder_backward_wte_v3_launch(floatX* dwte, float* scratch, const f
             <<<grid, ENCODER_REDUCE_THREADS, 0, stream>>>(dwte, scratch, tokens, starts, n, C);
     }
     cudaCheckLast();
+}
+
+// dwte pass alone: the rows kernel, then the reduce kernel (plan_device: the plan on the device, n
+// buckets; scratch: encoder_backward_scratch_floats(BT, C) floats). U rows in flight per warp.
+template <int V, int P, int U>
+static void encoder_backward_wte_v3_launch(floatX* dwte, float* scratch, const floatX* dout, const int* plan_device,
+                                           int n, int BT, int C, int warps, cudaStream_t stream) {
+    const int* tokens = plan_device;
+    const int* starts = plan_device + n;
+    const int* positions = plan_device + 2 * n + 1;
+    if (n <= 0) return;
+    // chunks: enough for every position to be split (the kernel stops at the first that is not)
+    const int chunks = BT / (ENCODER_COLD_ROWS + 1) > 0 ? ceil_div(BT, 32) : 0;
+    encoder_backward_wte_rows_kernel<V, P, U><<<ceil_div(chunks + n, warps), 32 * warps, 0, stream>>>(
+        dwte, scratch, dout, tokens, starts, positions, n, BT, chunks, C);
+    cudaCheckLast();
+    encoder_backward_wte_reduce(dwte, scratch, plan_device, n, BT, C, stream);
 }
 
 // v3 with U rows in flight and `warps` per block of the rows kernel; P (packets per lane and pass)
@@ -642,15 +822,80 @@ static void encoder_backward_wte_v3(floatX* dwte, float* scratch, const floatX* 
     }
 }
 
-// The engine's backward: each option can be set with -D at build time, to measure another one as
-// the engine's.
+// v4 (bulk copies): the rows kernel with S rows in flight per warp and `warps` per block, as many
+// blocks as fit on the GPU at once, then v3's reduce kernel. Where it does not apply (16-byte
+// accesses needed, C <= 32 * 8 * X128, an sm_90 GPU) v3 with one row in flight runs instead.
+#define ENCODER_BULK_MAX_P 8
+static inline int encoder_bulk_packets(int C) {
+    const int p = ceil_div(C, 32 * X128);
+    return p <= 4 ? p : (p <= ENCODER_BULK_MAX_P ? ENCODER_BULK_MAX_P : 0);
+}
+static inline size_t encoder_bulk_smem(int C, int warps, int S) {
+    return (size_t)warps * S * (C * sizeof(floatX) + 8);
+}
+static inline bool encoder_backward_wte_v4_supported(int C, const void* dwte, const void* dout, const void* scratch,
+                                                     int warps, int S) {
+    int device = 0, major = 0;
+    cudaCheck(cudaGetDevice(&device));
+    cudaCheck(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+    return major >= 9 && encoder_can_vectorize(C, dwte, dout, scratch) && encoder_bulk_packets(C) > 0 &&
+           encoder_bulk_smem(C, warps, S) <= 200 * 1024;
+}
+
+template <int P, int S>
+static void encoder_backward_wte_v4_launch(floatX* dwte, float* scratch, const floatX* dout, const int* plan_device,
+                                           int n, int BT, int C, int warps, cudaStream_t stream) {
+    const int* tokens = plan_device;
+    const int* starts = plan_device + n;
+    const int* positions = plan_device + 2 * n + 1;
+    const int chunks = BT / (ENCODER_COLD_ROWS + 1) > 0 ? ceil_div(BT, 32) : 0;
+    const size_t smem = encoder_bulk_smem(C, warps, S);
+    auto kernel = encoder_backward_wte_bulk_kernel<P, S>;
+    int device = 0, sms = 0, per_sm = 0;
+    cudaCheck(cudaGetDevice(&device));
+    cudaCheck(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+    cudaCheck(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    cudaCheck(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, 32 * warps, smem));
+    const int work = ceil_div(chunks + n, warps);
+    const int resident = sms * (per_sm > 0 ? per_sm : 1);
+    kernel<<<work < resident ? work : resident, 32 * warps, smem, stream>>>(dwte, scratch, dout, tokens, starts,
+                                                                            positions, n, BT, chunks, C);
+    cudaCheckLast();
+    encoder_backward_wte_reduce(dwte, scratch, plan_device, n, BT, C, stream);
+}
+
+template <int S>
+static void encoder_backward_wte_v4(floatX* dwte, float* scratch, const floatX* dout, const int* plan_device, int n,
+                                    int BT, int C, int warps, cudaStream_t stream) {
+    if (n <= 0) return;
+    if (warps < 1 || warps > 8) {
+        fprintf(stderr, "encoder_backward_wte_v4: %d warps per block not supported\n", warps);
+        exit(1);
+    }
+    if (!encoder_backward_wte_v4_supported(C, dwte, dout, scratch, warps, S)) {
+        encoder_backward_wte_v3<1>(dwte, scratch, dout, plan_device, n, BT, C, warps, stream);
+        return;
+    }
+    switch (encoder_bulk_packets(C)) {
+        case 1: encoder_backward_wte_v4_launch<1, S>(dwte, scratch, dout, plan_device, n, BT, C, warps, stream); break;
+        case 2: encoder_backward_wte_v4_launch<2, S>(dwte, scratch, dout, plan_device, n, BT, C, warps, stream); break;
+        case 3: encoder_backward_wte_v4_launch<3, S>(dwte, scratch, dout, plan_device, n, BT, C, warps, stream); break;
+        case 4: encoder_backward_wte_v4_launch<4, S>(dwte, scratch, dout, plan_device, n, BT, C, warps, stream); break;
+        default:
+            encoder_backward_wte_v4_launch<ENCODER_BULK_MAX_P, S>(dwte, scratch, dout, plan_device, n, BT, C, warps,
+                                                                  stream);
+            break;
+    }
+}
+
+// The engine's backward: dwte by v4 (where it applies, else v3 with one row in flight) with these
+// options; each can be set with -D at build time, to measure another one as the engine's.
 #ifndef ENCODER_WTE_ROWS_IN_FLIGHT
-#define ENCODER_WTE_ROWS_IN_FLIGHT 1
+#define ENCODER_WTE_ROWS_IN_FLIGHT 2  // rows each warp keeps in flight (its ring of bulk copies)
 #endif
 #ifndef ENCODER_WTE_WARPS
 #define ENCODER_WTE_WARPS 4
 #endif
-
 
 static void encoder_backward_wpe(floatX* dwpe, const floatX* dout, int B, int T, int C, cudaStream_t stream) {
     encoder_backward_wpe_launch<4>(dwpe, dout, B, T, C, stream);
@@ -658,7 +903,7 @@ static void encoder_backward_wpe(floatX* dwpe, const floatX* dout, int B, int T,
 
 static void encoder_backward_wte(floatX* dwte, float* scratch, const floatX* dout, const int* plan_device, int n,
                                  int BT, int C, cudaStream_t stream) {
-    encoder_backward_wte_v3<ENCODER_WTE_ROWS_IN_FLIGHT>(dwte, scratch, dout, plan_device, n, BT, C, ENCODER_WTE_WARPS,
+    encoder_backward_wte_v4<ENCODER_WTE_ROWS_IN_FLIGHT>(dwte, scratch, dout, plan_device, n, BT, C, ENCODER_WTE_WARPS,
                                                         stream);
 }
 

@@ -56,11 +56,23 @@ Versions, forward:
   68.5% with 4, against v4's 79.1% in the same run. It reads wpe from L2 once per 64 rows, so, as
   v5 showed, L2 loads are not the limit; the difference is that v4 writes consecutive rows while
   this one writes rows T apart.)
-  Reference row: cudaMemset of out, a stream of writes only, reaches 88.2-88.9% of copy (27.4-27.6
-  us for 100 MB; two runs). The forward writes those 100 MB and reads ~27 MB more, so its bound
-  on this count is near 90%, and v4 is about 10 points under it.
+  (Dropped after two runs, 2026-11-24 session 5: v7, v4's kernel taking the rows in the backward
+  plan's order, so that a token's rows follow each other and its wte row comes from DRAM once:
+  72.6-75.5% with 4 warps against the engine's 75.9-79.4% in the same runs, uniform tokens 76.8 /
+  78.2% against 76.0 / 75.5%; the writes, scattered, cost what the reads save. v8, bulk copies both
+  ways, a persistent block walking tiles of R consecutive rows through a ring of shared-memory
+  stages, thread 0 gathering the wte rows and the tile's wpe rows by bulk copies and writing the
+  tile's out rows with one bulk store (L2 evict_first): R = 8 41.8-44.9%, R = 4 43.1%, R = 16
+  31.4%, and with one token everywhere 36-38%: the bulk stores, issued by one thread per block that
+  must wait for each to have read its stage, are slower than every lane's 16-byte stores.)
+  Reference rows: cudaMemset of out, a stream of writes only, reaches 88.2-90.6% of copy (27.0-27.6
+  us for 100 MB; four runs). The forward writes those 100 MB and reads ~27 MB more, so its bound
+  on this count is near 90%. The engine's forward is also timed on uniform tokens (~36,000
+  distinct wte rows: 75.5-76.0%) and with one token at every position (its wte row always cached:
+  82.6-83.7%): even with no wte row to fetch from DRAM it stays 5-7 points under the memset, so
+  most of its gap to 85% is in its stores, not in the gathered reads.
   The engine entry point (encoder_forward) is also checked on every shape.
-Versions, backward (both deterministic: the host groups positions by token, encoder_backward_plan):
+Versions, backward (all deterministic: the host groups positions by token, encoder_backward_plan):
   v1           naive: dwpe one thread per (t, c) summing over b; dwte one block per distinct token,
                one thread per column, scalar loads over the token's positions (the engine's kernel
                before issue 5). A frequent token is summed by one block: thousands of serial rows.
@@ -69,22 +81,31 @@ Versions, backward (both deterministic: the host groups positions by token, enco
                rows one at a time; frequent tokens split into column slices (as narrow as 64 bytes
                of each row) over persistent blocks, so a frequent token is spread over up to 24
                blocks, each reading a thin slice of thousands of rows.
-  v3           llmc/encoder.cuh (the engine's with the ENCODER_WTE_* defines, -D can set them):
-               dwpe as v2; dwte by whole rows: tokens of more than 32 positions are cut into
-               32-position chunks, one warp each, whose fp32 sums go to a scratch buffer and are
-               added in chunk order by a second kernel; the other tokens one warp each; U rows in
-               flight per warp (1 in the engine), warps per block. Zipf tokens: 207-210 us (v2) ->
-               90-92 us; uniform tokens level (108-110 us); the
-               numbers of every variant (and the register caps that lost) are in
-               llmc/encoder.cuh.
+  v3           llmc/encoder.cuh (the engine's until 2026-11-24 session 5): dwpe as v2; dwte by
+               whole rows: tokens of more than 32 positions are cut into 32-position chunks, one
+               warp each, whose fp32 sums go to a scratch buffer and are added in chunk order by a
+               second kernel; the other tokens one warp each; U rows in flight per warp (loads into
+               registers), warps per block. Zipf tokens: 207-210 us (v2) -> 90-92 us; uniform
+               tokens level (108-110 us); the numbers of every variant (and the register caps that
+               lost) are in llmc/encoder.cuh.
+  v4           llmc/encoder.cuh (the engine's with the ENCODER_WTE_* defines, -D can set them):
+               v3's items and sums, the rows brought in by bulk copies: each warp a persistent
+               worker whose lane 0 keeps a ring of S row buffers in shared memory filled across
+               item boundaries (S rows in flight at no register cost: 60 registers against v3's
+               109). Zipf 84.1-84.3 us, uniform 91.5-92.1 us with S = 2 and 4 warps per block
+               (the engine's; 8 warps level); more rows in flight was slower (llmc/encoder.cuh
+               has the numbers).
+  Reference row: every dout row read once in the plan's order, nothing computed or written (bulk
+  copies, 2 or 4 rows in flight per warp): 30.9-32.1 us, 76-79% of copy, Zipf and uniform alike,
+  the same as the dwpe pass's sequential read. What a deterministic dwte pass must at least read.
   The engine's two passes (dwpe, dwte) are also timed alone.
 
 Checks: every version against a double-precision CPU reference on fresh random inputs per version
 and shape (values uniform in [-1, 1): the encoder only adds, so their distribution does not matter,
 and they are 10x faster to draw than normal ones at 50M values), at the full shape and at odd ones
 (C = 100 runs the kernels' one-value-at-a-time path; one token at every position, also with B*T
-not a multiple of 32; C = 1600 takes two passes over each row in the dwte rows kernel). The forward's
-output is poisoned with NaN first. The backward accumulates (+=) into random dwte/dwpe; the whole of
+not a multiple of 32; C = 1600 takes two passes over each row in v3's dwte rows kernel and 7 of
+v4's 8 packets per lane). The forward's output is poisoned with NaN first. The backward accumulates (+=) into random dwte/dwpe; the whole of
 dwte is compared (an untouched row must keep its value), then the backward is run again from the
 same state and must give the same bits.
 Timing (dev/cuda/common.cuh): 3 warm-up calls, median of 30, GB/s over the bytes that must move and
@@ -336,6 +357,57 @@ static void encoder_forward_v6(floatX* out, const int* inp, const floatX* wte, c
     cudaCheckLast();
 }
 
+// Backward reference: every dout row read once in the plan's order (grouped by token), nothing
+// computed or written: what a deterministic dwte pass, which must gather the rows of each token,
+// costs in reads alone. Persistent warps take 32 consecutive plan entries at a time, lane 0 keeps
+// S rows in flight by bulk copies (as the engine's v4 dwte kernel does).
+template <int S>
+__global__ void __launch_bounds__(256) encoder_gather_reference_kernel(const floatX* __restrict__ dout,
+                                                                        const int* __restrict__ positions, int BT,
+                                                                        int C) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    extern __shared__ __align__(128) unsigned char gather_smem[];
+    const int warps = blockDim.x / 32, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const uint32_t row_bytes = (uint32_t)(C * sizeof(floatX));
+    const uint32_t ring = smem_addr(gather_smem) + warp * S * row_bytes;
+    const uint32_t bar0 = smem_addr(gather_smem) + warps * S * row_bytes + 8 * warp * S;
+    if (lane != 0) return;
+    for (int s = 0; s < S; s++) mbar_init(bar0 + 8 * s, 1);
+    mbar_init_fence();
+    const int W = gridDim.x * warps;
+    // the warp's rows: entries 32 g .. 32 g + 31 of positions for g = w, w + W, ...
+    auto entry = [&](int j) { return 32 * (blockIdx.x * warps + warp + (j / 32) * W) + j % 32; };
+    auto load = [&](int j) {
+        const uint32_t bar = bar0 + 8 * (j % S);
+        mbar_expect_tx(bar, row_bytes);
+        bulk_copy_g2s(ring + (j % S) * row_bytes, dout + (size_t)(positions[entry(j)] & ENCODER_POSITION_MASK) * C,
+                      row_bytes, bar);
+    };
+    int issued = 0;
+    for (; issued < S && entry(issued) < BT; issued++) load(issued);
+    for (int j = 0; entry(j) < BT; j++) {
+        mbar_wait(bar0 + 8 * (j % S), (j / S) & 1);
+        if (entry(issued) < BT) load(issued++);
+    }
+#else
+    __trap();
+#endif
+}
+
+template <int S>
+static void encoder_gather_reference(const floatX* dout, const int* positions, int BT, int C, int warps) {
+    const size_t smem = (size_t)warps * S * (C * sizeof(floatX) + 8);
+    auto kernel = encoder_gather_reference_kernel<S>;
+    int device = 0, sms = 0, per_sm = 0;
+    cudaCheck(cudaGetDevice(&device));
+    cudaCheck(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+    cudaCheck(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    cudaCheck(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, 32 * warps, smem));
+    const int groups = ceil_div(ceil_div(BT, 32), warps), resident = sms * (per_sm > 0 ? per_sm : 1);
+    kernel<<<groups < resident ? groups : resident, 32 * warps, smem>>>(dout, positions, BT, C);
+    cudaCheckLast();
+}
+
 // ---- backward v2 (the engine's before 2026-11-24): cold kernel, column-sliced hot kernel ------
 // It reads the plan without the split flags (backward_data clears them for it). The hot tokens are
 // those of more than ENCODER_COLD_ROWS positions, as for v3's split ones.
@@ -571,7 +643,6 @@ static std::string forward_name(const FwdVersion& v) {
                 " warps per block, cs stores)";
     } else if (v.version == 6) {
         name += " (persistent, next row prefetched, " + std::to_string(v.warps) + " warps per block, cs stores)";
-
     }
     if (forward_is_engine(v)) name += " (engine)";
     return name;
@@ -636,7 +707,7 @@ static void forward_write_reference(const Shape& s, double copy_gbs) {
 }
 
 // checks one version at one shape on fresh inputs; with copy_gbs > 0 also times it (on those inputs)
-static void forward_case(const FwdVersion& v, const Shape& s, uint64_t seed, double copy_gbs) {
+static void forward_case(const FwdVersion& v, const Shape& s, uint64_t seed, double copy_gbs, TokenLaw law = ZIPF) {
     const std::string name = forward_name(v);
     const int BT = s.B * s.T;
     const size_t n_out = (size_t)BT * s.C;
@@ -648,7 +719,7 @@ static void forward_case(const FwdVersion& v, const Shape& s, uint64_t seed, dou
     rng_init(&rng, seed);
     const std::vector<floatX> wte = random_values(&rng, (size_t)PADDED_VOCAB * s.C);
     const std::vector<floatX> wpe = random_values(&rng, (size_t)s.T * s.C);
-    const std::vector<int> tokens = random_tokens(&rng, BT, ZIPF);
+    const std::vector<int> tokens = random_tokens(&rng, BT, law);
     floatX *d_wte = bench::to_device(wte), *d_wpe = bench::to_device(wpe);
     int* d_inp = bench::to_device(tokens);
     floatX* d_out = bench::device_alloc<floatX>(n_out);
@@ -664,7 +735,8 @@ static void forward_case(const FwdVersion& v, const Shape& s, uint64_t seed, dou
     cudaCheck(cudaDeviceSynchronize());
     const double err = bench::rel_error(bench::to_host(d_out, n_out), ref);
 
-    const std::string kernel = "encoder forward (" + shape_name(s) + ")";
+    const std::string kernel =
+        "encoder forward (" + shape_name(s) + (law == ZIPF ? "" : std::string(", ") + law_name(law)) + ")";
     if (copy_gbs > 0.0 && v.version != 0) {
         const double ms = bench::time_ms([&] { forward_call(v, d_out, d_inp, d_wte, d_wpe, s); });
         const double bytes =
@@ -686,10 +758,11 @@ static void forward_case(const FwdVersion& v, const Shape& s, uint64_t seed, dou
 struct BwdVersion {
     int version, rows_in_flight, warps;
 };
-static const BwdVersion BACKWARD_VERSIONS[] = {{1, 0, 0}, {2, 0, 0}, {3, 2, 4}, {3, 1, 4}, {3, 4, 4}, {3, 2, 8}};
+static const BwdVersion BACKWARD_VERSIONS[] = {{1, 0, 0}, {2, 0, 0}, {3, 1, 4}, {3, 2, 4},
+                                               {4, 2, 4}, {4, 2, 8}, {4, 4, 4}};
 
 static bool backward_is_engine(const BwdVersion& v) {
-    return v.version == 3 && v.rows_in_flight == ENCODER_WTE_ROWS_IN_FLIGHT && v.warps == ENCODER_WTE_WARPS;
+    return v.version == 4 && v.rows_in_flight == ENCODER_WTE_ROWS_IN_FLIGHT && v.warps == ENCODER_WTE_WARPS;
 }
 static std::string backward_name(const BwdVersion& v) {
     std::string name = "v" + std::to_string(v.version);
@@ -698,6 +771,9 @@ static std::string backward_name(const BwdVersion& v) {
                 (v.rows_in_flight == 1 ? " row" : " rows") + " in flight, " + std::to_string(v.warps) +
                 " warps per block";
         name += ")";
+    } else if (v.version == 4) {
+        name += " (dwte bulk copies, " + std::to_string(v.rows_in_flight) + " rows in flight, " +
+                std::to_string(v.warps) + " warps per block)";
     }
     if (backward_is_engine(v)) name += " (engine)";
     return name;
@@ -768,16 +844,21 @@ static void backward_call(const BwdVersion& v, const BackwardData& d, int pass =
     if (pass != 2) {
         encoder_backward_wpe(d.d_dwpe, d.d_dout, s.B, s.T, s.C, 0);
     }
-    if (pass != 1) {
+    if (pass != 1 && v.version == 4) {
+        switch (v.rows_in_flight) {
+            case 2: encoder_backward_wte_v4<2>(d.d_dwte, d.d_scratch, d.d_dout, d.d_plan, d.n, BT, s.C, v.warps, 0); break;
+            case 4: encoder_backward_wte_v4<4>(d.d_dwte, d.d_scratch, d.d_dout, d.d_plan, d.n, BT, s.C, v.warps, 0); break;
+            default:
+                fprintf(stderr, "backward_call: no v4 instance with %d rows in flight\n", v.rows_in_flight);
+                exit(1);
+        }
+    } else if (pass != 1) {
         switch (v.rows_in_flight) {
             case 1:
                 encoder_backward_wte_v3<1>(d.d_dwte, d.d_scratch, d.d_dout, d.d_plan, d.n, BT, s.C, v.warps, 0);
                 break;
             case 2:
                 encoder_backward_wte_v3<2>(d.d_dwte, d.d_scratch, d.d_dout, d.d_plan, d.n, BT, s.C, v.warps, 0);
-                break;
-            case 4:
-                encoder_backward_wte_v3<4>(d.d_dwte, d.d_scratch, d.d_dout, d.d_plan, d.n, BT, s.C, v.warps, 0);
                 break;
             default:
                 fprintf(stderr, "backward_call: no dwte instance with %d rows in flight\n", v.rows_in_flight);
@@ -852,6 +933,26 @@ static void backward_passes(const BwdVersion& version, const Shape& s, TokenLaw 
     backward_free(&d);
 }
 
+// the gather reference rows: dout read once in the plan's order (no check, not a version)
+static void backward_gather_reference(const Shape& s, TokenLaw law, uint64_t seed, double copy_gbs) {
+    const int BT = s.B * s.T;
+    if (!encoder_backward_wte_v4_supported(s.C, NULL, NULL, NULL, 4, 4)) return;
+    BackwardData d;
+    backward_data(&d, s, law, seed);
+    const int* positions = d.d_plan + 2 * d.n + 1;
+    for (int S : {2, 4}) {
+        const double ms = bench::time_ms([&] {
+            if (S == 2) encoder_gather_reference<2>(d.d_dout, positions, BT, s.C, 4);
+            else encoder_gather_reference<4>(d.d_dout, positions, BT, s.C, 4);
+        });
+        bench::report_memory(backward_kernel(", dwte pass", s, law),
+                             "reference: dout rows gathered in plan order, reads only (" + std::to_string(S) +
+                                 " rows in flight per warp, 4 warps per block)",
+                             -1.0, TOL, ms, (double)BT * s.C * sizeof(floatX), copy_gbs);
+    }
+    backward_free(&d);
+}
+
 // ---- main -----------------------------------------------------------------------------------
 
 int main(int argc, char** argv) {
@@ -886,6 +987,9 @@ int main(int argc, char** argv) {
     for (const Shape& s : odd) forward_case(FORWARD_ENTRY, s, seed++, 0.0);
     forward_case(FORWARD_ENTRY, full, seed++, 0.0);
     forward_write_reference(full, copy_gbs);
+    for (TokenLaw law : {UNIFORM, ONE_TOKEN})
+        for (const FwdVersion& v : FORWARD_VERSIONS)
+            if (forward_is_engine(v)) forward_case(v, full, seed++, copy_gbs, law);
 
     struct {
         Shape s;
@@ -898,5 +1002,6 @@ int main(int argc, char** argv) {
     for (TokenLaw law : {ZIPF, UNIFORM})
         for (const BwdVersion& v : BACKWARD_VERSIONS) backward_case(v, full, law, seed++, copy_gbs);
     for (const BwdVersion& v : BACKWARD_VERSIONS) backward_passes(v, full, ZIPF, seed++, copy_gbs);
+    for (TokenLaw law : {ZIPF, UNIFORM}) backward_gather_reference(full, law, seed++, copy_gbs);
     return bench::finish();
 }
