@@ -12,8 +12,8 @@ per access, V = X128 (16 bytes: 8 bf16 or 4 fp32) when C is a multiple of X128 a
 Forward (v3): one warp per (b,t) row. The warp reads the token id once, then each lane adds packets
 of the wte row and the wpe row and stores them; the row index is the warp's, so the only index
 math is one modulo per row (t = row % T), not a division per element. v4 (the engine's where it
-applies, next to it below) issues every load of a warp's row(s) before the first addition and
-stores out with st.global.cs.
+applies, next to it below) issues every load of a warp's row(s) before the first addition, reads
+wte and wpe with an L2 evict_last policy and stores out with st.global.cs.
 
 Why the backward needs help from the host: many positions can hold the same token, so a kernel that
 scatters dout rows into dwte needs atomics, whose summation order (and so the rounded result)
@@ -168,21 +168,24 @@ static void encoder_forward_v3(floatX* out, const int* inp, const floatX* wte, c
 // 75.9% / 75.4%; cs stores with 4 warps 77.0% / 76.4%, 2 warps 76.6% / 75.8%; with evict_last
 // loads too, 2 warps 77.6% / 77.0%, 8 warps 77.3% / 70.9%; v3 75.7% / 73.2% / 71.1%. More rows per
 // warp cost warps per SM and were slower (2 rows 67.8-71.9%; 4 rows 49.9-52.4%: 185 registers),
-// and so was a register cap for 64 warps per SM (32 registers: 30.0-42.9%). The engine's: one
-// row, 4 warps per block, cs stores, plain loads. Later runs the same day (four, during the
+// and so was a register cap for 64 warps per SM (32 registers: 30.0-42.9%). The engine's then:
+// one row, 4 warps per block, cs stores, plain loads. Later runs the same day (four, during the
 // backward work): cs stores 4 warps 78.1% / 80.2% / 80.1% / 79.2%, with evict_last 82.3% / 82.3%
 // / 82.3% / 79.9% (8 warps 81.7% / 80.0% / 79.6%, 2 warps 81.8% / 80.3% / 82.4%): evict_last is
-// ahead in each run, by 2 points on average, under 1 us of a step. The engine still loads plainly
-// because evict_last's cost is outside this kernel and unmeasured: the wte rows it touched (25 MB
-// of distinct rows at these shapes, up to 77 MB) stay at the top of L2's keep order for the
-// kernels that follow (layer 0's matmuls and layernorms). -DENCODER_FWD_KEEP=true selects it.
-// dev/cuda/encoder.cu
-// v5 (a warp takes one t for 2-8 batch rows, sharing the wpe row) and v6 (persistent grid,
-// next row prefetched) lost (73-78% and 66-69%). None reaches the 85%-of-copy target. A likely
-// reason, not measured: on the count of bytes used here (distinct wte rows, wpe, out) the kernel
-// moves 127 MB in ~40 us, so what a launch costs whatever its size (start, ramp-up, the last
-// blocks) weighs more than in the larger kernels (the layernorm forward moves 201 MB: 86.8%, its
-// fused form 402 MB: 92%).
+// ahead in each run, by 2 points on average, under 1 us of a step. v5 (a warp takes one t for 2-8
+// batch rows, sharing the wpe row) and v6 (persistent grid, next row prefetched) lost (73-78% and
+// 66-69%); so did v7 and v8 (dev/cuda/encoder.cu). Session 5 found what held every version back
+// on the target's count: the timing itself. Timed from an idle GPU, each call counted the host's
+// 3-5 us to launch it (ncu: 34.5 us for the kernel the events said took 39 us); dev/cuda now times
+// each call behind a spin kernel (dev/cuda/common.cuh), and, three runs each: plain loads, 4 warps
+// 85.0% / 84.6% / 84.0%, 2 warps 84.8% / 83.4% / 84.9%; evict_last, 4 warps 85.5% / - / 85.9%, 2
+// warps 86.3% / 85.9% / 86.2%. What evict_last might cost the kernels after it, which keep the
+// touched wte rows (25 MB of distinct rows at these shapes, up to 77 MB) at the top of L2's keep
+// order: the engine's next kernel, layer 0's layernorm forward on out, was timed behind each
+// (dev/cuda/encoder.cu, "then layernorm forward", one run): the pair took 91.1 us with plain loads
+// and 90.2 us with evict_last at 4 warps (88.8 and 90.3 us at 2 warps). So the engine's: one row, 4
+// warps per block, cs stores, evict_last loads (ENCODER_FWD_KEEP). The matmuls after that
+// layernorm are compute-bound and were not timed behind it.
 #define ENCODER_V4_MAX_VPL 4  // packets per lane v4 handles (C <= 4 * 32 * X128, 1024 bf16), else v3
 
 __device__ static inline void encoder_store128cs(floatX* p, const x128& x) {
@@ -292,7 +295,7 @@ static void encoder_forward_v4(floatX* out, const int* inp, const floatX* wte, c
 #define ENCODER_FWD_STREAM true
 #endif
 #ifndef ENCODER_FWD_KEEP
-#define ENCODER_FWD_KEEP false
+#define ENCODER_FWD_KEEP true
 #endif
 static void encoder_forward(floatX* out, const int* inp, const floatX* wte, const floatX* wpe, int B, int T,
                             int C, cudaStream_t stream) {

@@ -157,7 +157,24 @@ static bool check(const char* what, double err, double tol) {
 
 // ---- timing ---------------------------------------------------------------------------------
 
-// median ms of fn() over reps calls after warmup calls; before() runs untimed ahead of each call
+// Keeps the GPU busy for about `us` microseconds (one block spinning on the global timer), so
+// that work the host enqueues behind it waits in the queue instead of finding the GPU idle.
+static __global__ void bench_busy_kernel(unsigned long long ns) {
+    unsigned long long t0, t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t0));
+    do {
+        asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    } while (t - t0 < ns);
+}
+
+// median ms of fn() over reps calls after warmup calls; before() runs untimed ahead of each call.
+// Each call is timed by events around it on a GPU that is already busy: a 50 us spin kernel runs
+// first, and the host enqueues the start event and fn()'s launches while it spins. Started from
+// an idle GPU, the start event would be stamped as soon as the host records it, and the time the
+// host then takes to launch fn()'s first kernel (3-5 us, measured with ncu against these events
+// in 2026-11-24's session 5: the encoder forward 34.5 us by ncu, 39 us from an idle GPU) would be
+// counted as the kernel's; in a training step the GPU runs ahead of the host and never sees it.
+// Launches inside fn() after the first still count whatever gaps they leave.
 template <typename Before, typename F>
 static double time_ms(Before before, F fn, int warmup = 3, int reps = 30) {
     cudaEvent_t start, stop;
@@ -171,6 +188,8 @@ static double time_ms(Before before, F fn, int warmup = 3, int reps = 30) {
     std::vector<float> ms(reps);
     for (int i = 0; i < reps; i++) {
         before();
+        bench_busy_kernel<<<1, 1>>>(50000ull);
+        cudaCheckLast();
         cudaCheck(cudaEventRecord(start));
         fn();
         cudaCheck(cudaEventRecord(stop));

@@ -36,12 +36,11 @@ Versions, forward:
                at C = 768 bf16). Launch options: warps per block; "cs stores" writes out with
                st.global.cs (evict first); "L2 evict_last loads" reads wte and wpe with an L2
                evict_last cache policy. Falls back to v3 where 16-byte accesses do not apply or
-               C > 4 * 32 * X128. The engine's: 1 row, 4 warps per block, cs stores (78.1-80.2%
-               in four later runs that day; with evict_last loads 79.9-82.3%, not the engine's for
-               what it may cost the kernels after it; every variant's numbers are in
-               llmc/encoder.cuh). Dropped after the 2026-11-24
-               runs: 4 rows per warp (50-52%, 185 registers) and a register cap for 64 warps per
-               SM (32 registers: 30-43%).
+               C > 4 * 32 * X128. The engine's: 1 row, 4 warps per block, cs stores, evict_last
+               loads (85.5% / 85.9% in session 5's runs, plain loads 84.0-85.0%; the pair with the
+               layernorm forward after it, below, was no slower; every variant's numbers are in
+               llmc/encoder.cuh). Dropped after the 2026-11-24 runs: 4 rows per warp (50-52%, 185
+               registers) and a register cap for 64 warps per SM (32 registers: 30-43%).
   v5           a warp takes one position t for NB = 2, 4 or 8 consecutive batch rows and loads the
                wpe row once for them (v4 loads a wpe row per out row: half of its L2 loads), cs
                stores. 2026-11-24, two runs: NB = 2 78.0% / 76.5% (8 warps 75.7% / 75.6%), NB = 4
@@ -65,12 +64,11 @@ Versions, forward:
   tile's out rows with one bulk store (L2 evict_first): R = 8 41.8-44.9%, R = 4 43.1%, R = 16
   31.4%, and with one token everywhere 36-38%: the bulk stores, issued by one thread per block that
   must wait for each to have read its stage, are slower than every lane's 16-byte stores.)
-  Reference rows: cudaMemset of out, a stream of writes only, reaches 88.2-90.6% of copy (27.0-27.6
-  us for 100 MB; four runs). The forward writes those 100 MB and reads ~27 MB more, so its bound
-  on this count is near 90%. The engine's forward is also timed on uniform tokens (~36,000
-  distinct wte rows: 75.5-76.0%) and with one token at every position (its wte row always cached:
-  82.6-83.7%): even with no wte row to fetch from DRAM it stays 5-7 points under the memset, so
-  most of its gap to 85% is in its stores, not in the gathered reads.
+  Reference rows: cudaMemset of out, a stream of writes only, reaches 95.3-95.5% of copy (25.0 us
+  for 100 MB; session 5's timing, below; 85-91% timed from an idle GPU). The engine's forward is
+  also timed on uniform tokens (~36,000 distinct wte rows: 78.8-78.9%) and with one token at every
+  position (its wte row always cached: 89.6-89.7%), and behind it, layer 0's layernorm forward
+  (what the engine runs next) with each L2 policy, to see what evict_last costs the next kernel.
   The engine entry point (encoder_forward) is also checked on every shape.
 Versions, backward (all deterministic: the host groups positions by token, encoder_backward_plan):
   v1           naive: dwpe one thread per (t, c) summing over b; dwte one block per distinct token,
@@ -108,8 +106,9 @@ not a multiple of 32; C = 1600 takes two passes over each row in v3's dwte rows 
 v4's 8 packets per lane). The forward's output is poisoned with NaN first. The backward accumulates (+=) into random dwte/dwpe; the whole of
 dwte is compared (an untouched row must keep its value), then the backward is run again from the
 same state and must give the same bits.
-Timing (dev/cuda/common.cuh): 3 warm-up calls, median of 30, GB/s over the bytes that must move and
-% of the device-to-device copy bandwidth measured in the same run:
+Timing (dev/cuda/common.cuh): 3 warm-up calls, median of 30, each call behind a spin kernel so the
+host's time to launch it is not counted; GB/s over the bytes that must move and % of the
+device-to-device copy bandwidth measured in the same run:
   forward   the distinct wte rows the tokens use (repeats can come from L2), T wpe rows, the out
             rows, and the token ids: (n_distinct + T + B*T) C values + 4 B*T bytes.
   backward  dout once, the touched dwte rows read and written, dwpe read and written, the plan:
@@ -129,6 +128,7 @@ Timing (dev/cuda/common.cuh): 3 warm-up calls, median of 30, GB/s over the bytes
 #include <vector>
 
 #include "llmc/encoder.cuh"
+#include "llmc/layernorm.cuh"  // the kernel after the forward in the engine (forward_then_layernorm)
 #include "common.cuh"
 
 #ifdef LLMC_FP32
@@ -706,6 +706,44 @@ static void forward_write_reference(const Shape& s, double copy_gbs) {
     cudaCheck(cudaFree(d_out));
 }
 
+// What the forward's L2 policy costs the kernel after it: the engine's next kernel is layer 0's
+// layernorm forward on `out` (llmc/gpt2cu.cuh), so the pair is timed with the forward's wte and wpe
+// loads plain or evict_last (cs stores, 4 or 2 warps per block). Rows of the pair (no check: both
+// kernels are checked on their own), bytes of both kernels' counts.
+static void forward_then_layernorm(const Shape& s, uint64_t seed, double copy_gbs) {
+    const int BT = s.B * s.T;
+    const size_t n_out = (size_t)BT * s.C;
+    Rng rng;
+    rng_init(&rng, seed);
+    const std::vector<int> tokens = random_tokens(&rng, BT, ZIPF);
+    floatX* d_wte = bench::to_device(random_values(&rng, (size_t)PADDED_VOCAB * s.C));
+    floatX* d_wpe = bench::to_device(random_values(&rng, (size_t)s.T * s.C));
+    floatX* d_weight = bench::to_device(random_values(&rng, (size_t)s.C));
+    floatX* d_bias = bench::to_device(random_values(&rng, (size_t)s.C));
+    int* d_inp = bench::to_device(tokens);
+    floatX* d_out = bench::device_alloc<floatX>(n_out);
+    floatX* d_ln = bench::device_alloc<floatX>(n_out);
+    float* d_stats = bench::device_alloc<float>(2 * (size_t)BT);
+    const double enc_bytes = ((double)distinct_tokens(tokens) + s.T + BT) * s.C * sizeof(floatX) + 4.0 * BT;
+    const double ln_bytes = 2.0 * n_out * sizeof(floatX) + 8.0 * BT;
+    for (int warps : {4, 2}) {
+        for (bool keep : {false, true}) {
+            const double ms = bench::time_ms([&] {
+                if (keep) encoder_forward_v4<1, true, true>(d_out, d_inp, d_wte, d_wpe, s.B, s.T, s.C, 0, warps);
+                else encoder_forward_v4<1, true, false>(d_out, d_inp, d_wte, d_wpe, s.B, s.T, s.C, 0, warps);
+                layernorm_forward(d_ln, d_stats, d_stats + BT, d_out, d_weight, d_bias, BT, s.C, 0);
+            });
+            bench::report_memory("encoder forward, then layernorm forward (" + shape_name(s) + ")",
+                                 "v4 (1 row per warp, " + std::to_string(warps) + " warps per block, cs stores" +
+                                     (keep ? ", L2 evict_last loads" : "") + ") + engine layernorm",
+                                 -1.0, TOL, ms, enc_bytes + ln_bytes, copy_gbs);
+        }
+    }
+    for (void* p : {(void*)d_wte, (void*)d_wpe, (void*)d_weight, (void*)d_bias, (void*)d_inp, (void*)d_out,
+                    (void*)d_ln, (void*)d_stats})
+        cudaCheck(cudaFree(p));
+}
+
 // checks one version at one shape on fresh inputs; with copy_gbs > 0 also times it (on those inputs)
 static void forward_case(const FwdVersion& v, const Shape& s, uint64_t seed, double copy_gbs, TokenLaw law = ZIPF) {
     const std::string name = forward_name(v);
@@ -990,6 +1028,7 @@ int main(int argc, char** argv) {
     for (TokenLaw law : {UNIFORM, ONE_TOKEN})
         for (const FwdVersion& v : FORWARD_VERSIONS)
             if (forward_is_engine(v)) forward_case(v, full, seed++, copy_gbs, law);
+    forward_then_layernorm(full, seed++, copy_gbs);
 
     struct {
         Shape s;
