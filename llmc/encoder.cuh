@@ -70,17 +70,21 @@ register caps by __launch_bounds__ (64 or 85 registers) spill and ran at 135-286
 or 16 rows per load batch instead of 4: 34.5 / 34.0 us vs 32.3 us (95 and 168 registers: its 384
 blocks no longer fit in one wave).
 
-Measured 2026-11-24 session 5 (two runs, same shapes): the whole backward, Zipf tokens, v3 92.0 /
-91.5 us -> v4 with 2 rows in flight, 4 warps per block (the engine's) 84.1 / 84.3 us (44.2%
-of copy), 8 warps per block 84.9 / 86.6 us; uniform tokens 111.5 / 108.6 -> 91.5 / 92.1 us (57%),
-8 warps 91.0 / 91.9 us. The dwte pass alone (Zipf) 63.6 / 62.3 -> 58.0 / 56.3 us (63.0-64.6% on
-its count; 8 warps 56.5 / 58.5 us). More rows in flight per warp was slower, not faster: 4 rows
-58.4-61.4 us, 8 rows 66.0 us, 16 rows 78.8 us (4 warps per block); so were 2 warps per block
-(4 rows: 59.4 us). What the rows alone cost: every dout row read once in the plan's order and nothing else
-(dev/cuda/encoder.cu's reference row) takes 30.9-32.1 us (76-79% of copy, Zipf and uniform alike,
-the same as the dwpe pass's sequential read of dout): gathering rows by token costs no more than
-reading them in order, and the dwte pass spends ~25 us beyond its reads of dout on the dwte rows,
-the partials and the serial steps of each warp (wait, add, refill).
+Measured 2026-11-24 session 5 (two runs, same shapes, timed from an idle GPU as before): the whole
+backward, Zipf tokens, v3 92.0 / 91.5 us -> v4 with 2 rows in flight, 4 warps per block (the
+engine's) 84.1 / 84.3 us (44.2% of copy), 8 warps per block 84.9 / 86.6 us; uniform tokens 111.5 /
+108.6 -> 91.5 / 92.1 us (57%), 8 warps 91.0 / 91.9 us. The dwte pass alone (Zipf) 63.6 / 62.3 ->
+58.0 / 56.3 us (63.0-64.6% on its count; 8 warps 56.5 / 58.5 us). More rows in flight per warp was
+slower, not faster: 4 rows 58.4-61.4 us, 8 rows 66.0 us, 16 rows 78.8 us (4 warps per block); so
+were 2 warps per block (4 rows: 59.4 us). What the rows alone cost: every dout row read once in the
+plan's order and nothing else (dev/cuda/encoder.cu's reference row) takes 30.9-32.1 us (76-79% of
+copy, Zipf and uniform alike, the same as the dwpe pass's sequential read of dout): gathering rows
+by token costs no more than reading them in order, and the dwte pass spends ~25 us beyond its reads
+of dout on the dwte rows, the partials and the serial steps of each warp (wait, add, refill). With
+dev/cuda's timing that no longer counts the host's launch time (dev/cuda/common.cuh), the final run:
+the whole backward 80.6 us Zipf (45.2% of copy; v3 88.0 us), 86.9 us uniform (59.3%; v3 105.4 us);
+dwte pass 52.0 us (68.4%), of which ncu puts 8.9 us in the reduce kernel; dwpe pass 29.1 us; the
+reference 25.7-26.2 us (91-93%).
 
 History (issue 5, dev/cuda/encoder.cu measures every version): before, the forward was one thread
 per element with a division per element and 2-byte loads, and dwte was one block per token with
