@@ -1000,10 +1000,14 @@ static inline size_t ln4_smem_bytes(int teams, int team_threads, int stages, int
 // rows in flight on the whole GPU at a time are neighbours (one moving window through the tensors).
 // scratch[b][0..C) gets the block's dweight partial sums, [C..2C) its dbias partial sums.
 // Thread t of a team owns the packets t, t + team_threads, ... (P of them) of every row.
-template <int STAGES, int P>
+// PE (layer 0's ln1, whose dinp is the encoder's dout): each team also sums the dinp rows it
+// writes, as stored, into pe_partials row (its index in the grid): the launcher makes the grid's
+// teams a multiple m of T with rows interleaved, so team g's rows are all at position g % T, and
+// row g = part * T + t of pe_partials is part g / T of dwpe[t]'s sum (layernorm_backward_v4_dwpe).
+template <int STAGES, int P, bool PE>
 __global__ void __launch_bounds__(ln4_max_threads(P), 2) layernorm_backward_v4_kernel(
     floatX* dinp, float* scratch, const floatX* dout, const floatX* inp, const floatX* weight, const float* mean,
-    const float* rstd, int N, int C, int teams, bool interleave) {
+    const float* rstd, int N, int C, int teams, bool interleave, float* pe_partials) {
     extern __shared__ float4 ln4_shared[];  // float4: 16-byte alignment
     const int team_threads = blockDim.x / teams;
     const int team = threadIdx.x / team_threads, t = threadIdx.x % team_threads;
@@ -1027,7 +1031,7 @@ __global__ void __launch_bounds__(ln4_max_threads(P), 2) layernorm_backward_v4_k
     constexpr bool PACKED_W = P > 1;
     x128 pw[P];
     float wf[PACKED_W ? 1 : X128];
-    float dw[P][X128], db[P][X128];
+    float dw[P][X128], db[P][X128], pe[PE ? P : 1][X128];
 #pragma unroll
     for (int p = 0; p < P; p++) {
         const int c = c0 + p * stride;
@@ -1036,6 +1040,7 @@ __global__ void __launch_bounds__(ln4_max_threads(P), 2) layernorm_backward_v4_k
         for (int j = 0; j < X128; j++) {
             if (!PACKED_W) wf[PACKED_W ? 0 : j] = c < C ? to_float(pw[p].v[j]) : 0.0f;
             dw[p][j] = db[p][j] = 0.0f;
+            if (PE) pe[PE ? p : 0][j] = 0.0f;
         }
     }
     auto w = [&](int p, int j) { return PACKED_W ? to_float(pw[p].v[j]) : wf[PACKED_W ? 0 : j]; };
@@ -1136,6 +1141,7 @@ __global__ void __launch_bounds__(ln4_max_threads(P), 2) layernorm_backward_v4_k
                         const float xhat = (to_float(px.v[j]) - ms.x) * ms.y;
                         const float dx = fmaf(ms.y, g, fmaf(xhat, scale, shift));
                         o.v[j] = from_float<floatX>(to_float(pg.v[j]) + dx);
+                        if (PE) pe[PE ? p : 0][j] += to_float(o.v[j]);
                     }
                     store128(dinp + (size_t)row * C + c, o);
                 }
@@ -1163,6 +1169,19 @@ __global__ void __launch_bounds__(ln4_max_threads(P), 2) layernorm_backward_v4_k
     }
     float* partial = scratch + (size_t)blockIdx.x * 2 * C;
     for (int j = threadIdx.x; j < 2 * C; j += blockDim.x) partial[j] = acc[j];
+    if (PE) {
+        float* pe_row = pe_partials + (size_t)(blockIdx.x * teams + team) * C;
+#pragma unroll
+        for (int p = 0; p < P; p++) {
+            const int c = c0 + p * stride;
+            if (c < C) {
+#pragma unroll
+                for (int j = 0; j < X128; j += 4)
+                    *reinterpret_cast<float4*>(pe_row + c + j) = make_float4(
+                        pe[PE ? p : 0][j], pe[PE ? p : 0][j + 1], pe[PE ? p : 0][j + 2], pe[PE ? p : 0][j + 3]);
+            }
+        }
+    }
 }
 
 // A launch configuration of the v4 backward. interleave: rows dealt out across the whole grid
@@ -1198,8 +1217,9 @@ static inline bool ln4_config_ok(int C, const Ln4Config& k) {
 // the engine runs v4 where its configuration fits (C <= 6144 bf16, 3072 fp32)
 static inline bool layernorm_v4_backward_supported(int C) { return ln4_config_ok(C, ln4_engine_config(C)); }
 
-// calls fn(kernel) with the kernel instance of configuration k (checked first)
-template <typename Fn>
+// calls fn(kernel) with the kernel instance of configuration k (checked first); PE: the one that
+// also sums dwpe's partials
+template <bool PE = false, typename Fn>
 static void ln4_with_kernel(int C, const Ln4Config& k, Fn fn) {
     if (!ln4_config_ok(C, k)) {
         fprintf(stderr, "layernorm_backward_v4: C=%d with %d teams, %d stages, %d packets not supported\n", C,
@@ -1208,7 +1228,7 @@ static void ln4_with_kernel(int C, const Ln4Config& k, Fn fn) {
     }
     switch (k.stages * 10 + k.packets) {
 #define LLMC_LN4_BWD_CASE(S, P) \
-    case S * 10 + P: fn(layernorm_backward_v4_kernel<S, P>); break;
+    case S * 10 + P: fn(layernorm_backward_v4_kernel<S, P, PE>); break;
         LLMC_LN4_BWD_CASE(2, 1) LLMC_LN4_BWD_CASE(2, 2) LLMC_LN4_BWD_CASE(2, 3) LLMC_LN4_BWD_CASE(2, 4)
         LLMC_LN4_BWD_CASE(3, 1) LLMC_LN4_BWD_CASE(3, 2) LLMC_LN4_BWD_CASE(3, 3) LLMC_LN4_BWD_CASE(3, 4)
         LLMC_LN4_BWD_CASE(4, 1) LLMC_LN4_BWD_CASE(4, 2) LLMC_LN4_BWD_CASE(4, 3) LLMC_LN4_BWD_CASE(4, 4)
@@ -1247,7 +1267,7 @@ static int layernorm_backward_v4_partials(floatX* dinp, float* scratch, const fl
     const size_t smem = ln4_smem_bytes(k.teams, team_threads, k.stages, k.packets);
     ln4_with_kernel(C, k, [&](auto kernel) {
         kernel<<<grid, k.teams * team_threads, smem, stream>>>(dinp, scratch, dout, inp, weight, mean, rstd, N, C,
-                                                               k.teams, k.interleave);
+                                                               k.teams, k.interleave, (float*)NULL);
     });
     cudaCheckLast();
     return grid;
@@ -1260,6 +1280,86 @@ static void layernorm_backward_v4(floatX* dinp, floatX* dweight, floatX* dbias, 
                                   int C, cudaStream_t stream, const Ln4Config& k) {
     const int grid = layernorm_backward_v4_partials(dinp, scratch, dout, inp, weight, mean, rstd, N, C, stream, k);
     layernorm_backward_finish(dweight, dbias, scratch, grid, C, stream, k.pdl);
+}
+
+// ---- layer 0's ln1 backward with the encoder's dwpe ----------------------------------------
+// The encoder's dout is the dinp that layer 0's ln1 backward writes last, and dwpe[t] is the sum
+// of its rows at position t over b. Summed by the encoder, that reads all of dout once more
+// (llmc/encoder.cuh); summed here, as the rows are written, it costs m T C floats of partials.
+// The grid is chosen so that its teams are a multiple m of T, at most one wave: with rows dealt
+// out across the grid, team g then takes only rows at position g % T (the kernel's PE).
+
+// blocks of the PE kernel instance that fit on the device at once
+static int ln4_dwpe_resident_blocks(int C, const Ln4Config& k) {
+    const int threads = k.teams * ln4_team_threads(C, k.packets);
+    const size_t smem = ln4_smem_bytes(k.teams, ln4_team_threads(C, k.packets), k.stages, k.packets);
+    int device = 0, sms = 0, per_sm = 0;
+    cudaCheck(cudaGetDevice(&device));
+    cudaCheck(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+    ln4_with_kernel<true>(C, k, [&](auto kernel) {
+        cudaCheck(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+        cudaCheck(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, smem));
+    });
+    return (per_sm < 1 ? 1 : per_sm) * sms;
+}
+
+// m, the partial sums of each dwpe row (teams = m T), or 0 where the fused form does not apply
+// (rows not interleaved, N not a multiple of T, or no multiple of T teams in one wave)
+static int layernorm_backward_v4_dwpe_parts(int N, int C, int T, const Ln4Config& k) {
+    if (!k.interleave || T <= 0 || N % T != 0 || !ln4_config_ok(C, k)) return 0;
+    const long long most_teams = (long long)ln4_dwpe_resident_blocks(C, k) * k.teams;
+    for (long long m = most_teams / T < N / T ? most_teams / T : N / T; m >= 1; m--)
+        if (m * T % k.teams == 0) return (int)m;
+    return 0;
+}
+
+static size_t layernorm_backward_v4_dwpe_scratch_floats(int N, int C, int T, const Ln4Config& k) {
+    const int m = layernorm_backward_v4_dwpe_parts(N, C, T, k);
+    return (size_t)m * T / k.teams * 2 * C + (size_t)m * T * C;
+}
+
+// dwpe[t, :] += the m partial rows part * T + t, in part order; one thread per 4 columns
+__global__ void layernorm_dwpe_finish_kernel(floatX* dwpe, const float* pe_partials, int parts, int T, int C) {
+    const int idx = blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= T * (C / 4)) return;
+    const int t = idx / (C / 4), c = (idx % (C / 4)) * 4;
+    float4 sum = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    for (int part = 0; part < parts; part++) {
+        const float4 x = *reinterpret_cast<const float4*>(pe_partials + ((size_t)part * T + t) * C + c);
+        sum.x += x.x;
+        sum.y += x.y;
+        sum.z += x.z;
+        sum.w += x.w;
+    }
+    floatX* g = dwpe + (size_t)t * C + c;
+    g[0] = from_float<floatX>(to_float(g[0]) + sum.x);
+    g[1] = from_float<floatX>(to_float(g[1]) + sum.y);
+    g[2] = from_float<floatX>(to_float(g[2]) + sum.z);
+    g[3] = from_float<floatX>(to_float(g[3]) + sum.w);
+}
+
+// layernorm_backward_v4 and, for N = B T rows, dwpe[t] += sum_b dinp[b T + t] (dinp as written);
+// scratch holds layernorm_backward_v4_dwpe_scratch_floats(N, C, T, k) floats. Returns false, having
+// done nothing, where the fused form does not apply (layernorm_backward_v4_dwpe_parts == 0).
+static bool layernorm_backward_v4_dwpe(floatX* dinp, floatX* dweight, floatX* dbias, floatX* dwpe, float* scratch,
+                                       const floatX* dout, const floatX* inp, const floatX* weight, const float* mean,
+                                       const float* rstd, int N, int C, int T, cudaStream_t stream,
+                                       const Ln4Config& k) {
+    const int m = layernorm_backward_v4_dwpe_parts(N, C, T, k);
+    if (m == 0) return false;
+    const int grid = m * T / k.teams, team_threads = ln4_team_threads(C, k.packets);
+    const size_t smem = ln4_smem_bytes(k.teams, team_threads, k.stages, k.packets);
+    float* pe_partials = scratch + (size_t)grid * 2 * C;
+    ln4_with_kernel<true>(C, k, [&](auto kernel) {
+        cudaCheck(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+        kernel<<<grid, k.teams * team_threads, smem, stream>>>(dinp, scratch, dout, inp, weight, mean, rstd, N, C,
+                                                               k.teams, true, pe_partials);
+    });
+    cudaCheckLast();
+    layernorm_backward_finish(dweight, dbias, scratch, grid, C, stream, k.pdl);
+    layernorm_dwpe_finish_kernel<<<ceil_div(T * (C / 4), 256), 256, 0, stream>>>(dwpe, pe_partials, m, T, C);
+    cudaCheckLast();
+    return true;
 }
 
 // ----------------------------------------------------------------------------------------------

@@ -79,6 +79,7 @@ each plus the fp32 statistics; % of the device-to-device copy bandwidth measured
 #include <string>
 #include <vector>
 
+#include "llmc/encoder.cuh"  // the encoder's dwpe pass, what the dwpe form of the backward replaces
 #include "llmc/layernorm.cuh"
 #include "common.cuh"
 
@@ -502,6 +503,71 @@ static void run_shape(int N, int C, double copy_gbs, uint32_t seed, bool candida
         layernorm_backward(dinp, gw, gb, scratch, ddout, a, weight, mean, rstd, N, C, 0);
     });
     bench::check((kernel + " engine entry").c_str(), err, TOL);
+    // layer 0's ln1 backward with the encoder's dwpe (layernorm_backward_v4_dwpe), for N = B T rows
+    // with T the largest divisor of N up to 1024: dinp, dweight, dbias against the references
+    // above, dwpe against dwpe0 + the column sums over b of the dinp it wrote (so the check is of
+    // the sum alone), twice from the same state; timed against the engine's backward followed by
+    // the encoder's dwpe pass (which reads dinp again), both on the same count of bytes
+    if (layernorm_v4_backward_supported(C)) {
+        int T = 1;
+        for (int d = 1; d <= 1024 && d <= N; d++)
+            if (N % d == 0) T = d;
+        const Ln4Config k = ln4_engine_config(C);
+        const int parts = layernorm_backward_v4_dwpe_parts(N, C, T, k);
+        const std::string name = "v4 (engine) with dwpe (T=" + std::to_string(T) + ", " + std::to_string(parts) +
+                                 (parts == 1 ? " partial" : " partials") + " per position)";
+        if (parts == 0) {
+            printf("%s with dwpe, T=%d: the fused form does not apply\n", kernel.c_str(), T);
+        } else {
+            const std::vector<floatX> hpe0 = bench::random_normal<floatX>(&rng, (size_t)T * C, 0.0f, 1.0f);
+            floatX* dwpe = bench::to_device(hpe0);
+            const size_t pe_floats = layernorm_backward_v4_dwpe_scratch_floats(N, C, T, k);
+            float* pe_scratch = bench::device_alloc<float>(pe_floats);
+            auto fused = [&] {
+                layernorm_backward_v4_dwpe(dinp, gw, gb, dwpe, pe_scratch, ddout, a, weight, mean, rstd, N, C, T, 0,
+                                           k);
+            };
+            std::vector<floatX> got_dinp[2], got_pe[2];
+            double err = 0.0;
+            for (int run = 0; run < 2; run++) {
+                reset_backward();
+                bench::copy_to_device(dwpe, hpe0);
+                bench::poison(pe_scratch, pe_floats);
+                fused();
+                cudaCheck(cudaDeviceSynchronize());
+                got_dinp[run] = bench::to_host(dinp, NC);
+                got_pe[run] = bench::to_host(dwpe, (size_t)T * C);
+                if (run == 0) {
+                    err = bench::rel_error(got_dinp[0], ref_dinp);
+                    err = std::max(err, bench::rel_error(bench::to_host(gw, C), ref_dw));
+                    err = std::max(err, bench::rel_error(bench::to_host(gb, C), ref_db));
+                    std::vector<double> ref_pe = bench::to_double(hpe0);
+                    for (int n = 0; n < N; n++)
+                        for (int c = 0; c < C; c++)
+                            ref_pe[(size_t)(n % T) * C + c] += (double)to_float(got_dinp[0][(size_t)n * C + c]);
+                    err = std::max(err, bench::rel_error(got_pe[0], ref_pe));
+                }
+            }
+            if (!bench::same_bits(got_dinp[0], got_dinp[1]) || !bench::same_bits(got_pe[0], got_pe[1])) {
+                printf("%s %s: two runs from the same state differ\n", kernel.c_str(), name.c_str());
+                err = INFINITY;
+            }
+            if (timed) {
+                const double pe_bytes = bwd_bytes + 2.0 * T * C * sizeof(floatX);
+                bench::report_memory(kernel + " with dwpe", name, err, TOL, bench::time_ms(fused), pe_bytes, copy_gbs);
+                const double ms = bench::time_ms([&] {
+                    layernorm_backward(dinp, gw, gb, scratch, ddout, a, weight, mean, rstd, N, C, 0);
+                    encoder_backward_wpe(dwpe, dinp, N / T, T, C, 0);
+                });
+                bench::report_memory(kernel + " with dwpe", "v4 (engine), then the encoder's dwpe pass", -1.0, TOL, ms,
+                                     pe_bytes, copy_gbs);
+            } else {
+                bench::check((kernel + " " + name).c_str(), err, TOL);
+            }
+            cudaCheck(cudaFree(dwpe));
+            cudaCheck(cudaFree(pe_scratch));
+        }
+    }
     if (timed && layernorm_v3_backward_supported(C)) {
         // how the engine's backward splits between its main kernel and its partials kernel, and
         // what the wide partials kernel would take on the same partials
