@@ -106,6 +106,9 @@ on Zipf tokens.
 #define ENCODER_COLD_ROWS 32    // a token with at most this many positions: one warp; more: split in chunks
 #define ENCODER_WARP_PACKETS 4  // dwte rows kernel: packets per lane and pass (a row of up to 1024 bf16)
 #define ENCODER_BATCH 4         // dwte reduce kernel: partial rows each thread loads before adding them
+#ifndef ENCODER_REDUCE_PDL
+#define ENCODER_REDUCE_PDL true  // the reduce kernel as a programmatic dependent launch (-D to time without)
+#endif
 
 // V consecutive values of floatX, read or written as one access (16 bytes when V == X128)
 template <int V>
@@ -525,12 +528,18 @@ __global__ void __launch_bounds__(256) encoder_backward_wte_rows_kernel(
 // Items (split bucket j, tile of 32 W columns), numbered j * tiles + tile; a persistent grid walks
 // them and stops at the first bucket that is not split. In a block, warp g sums the partials
 // g, g + warps, ... in order (ENCODER_BATCH loads in flight), then one warp adds the warps' sums in
-// warp order and updates dwte. W = 4 floats per lane when C % 4 == 0, else 1.
+// warp order and updates dwte. W = 4 floats per lane when C % 4 == 0, else 1. Launched as a
+// programmatic dependent launch of the rows kernel (sm_90): its blocks take the SMs as the rows
+// kernel's leave them, and wait here until that kernel has finished and its writes are visible.
 #define ENCODER_REDUCE_THREADS 256
 template <int W>
 __global__ void __launch_bounds__(ENCODER_REDUCE_THREADS)
     encoder_backward_wte_reduce_kernel(floatX* __restrict__ dwte, const float* __restrict__ scratch,
-                                       const int* __restrict__ tokens, const int* __restrict__ starts, int n, int C) {
+                                       const int* __restrict__ tokens, const int* __restrict__ starts, int n, int C,
+                                       int chunk) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
     __shared__ float warp_sums[ENCODER_REDUCE_THREADS * W];  // [warp][lane][W]
     const int warps = blockDim.x / 32, g = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int tiles = ceil_div(C, 32 * W);
@@ -539,7 +548,7 @@ __global__ void __launch_bounds__(ENCODER_REDUCE_THREADS)
         if (j >= n) break;
         const int p0 = starts[j], p1 = starts[j + 1];
         if (p1 - p0 <= ENCODER_COLD_ROWS) break;  // split buckets come first
-        const int i0 = p0 / 32, parts = (p1 - 1) / 32 - i0 + 1;
+        const int i0 = p0 / chunk, parts = (p1 - 1) / chunk - i0 + 1;
         const int c = tile * 32 * W + lane * W;  // c < C implies c + W - 1 < C
         float acc[W] = {};
         if (c < C) {
@@ -595,15 +604,15 @@ struct EncoderItem {
 };
 __device__ static inline EncoderItem encoder_item(int item, const int* __restrict__ tokens,
                                                   const int* __restrict__ starts, const int* __restrict__ positions,
-                                                  int n, int BT, int chunks, int lane) {
+                                                  int n, int BT, int chunks, int chunk, int lane) {
     EncoderItem it = {0, 0, 0, -1};
     if (item < chunks) {
-        const int raw = 32 * item + lane < BT ? positions[32 * item + lane] : 0;
+        const int raw = lane < chunk && chunk * item + lane < BT ? positions[chunk * item + lane] : 0;
         const unsigned split = __ballot_sync(0xFFFFFFFFu, (raw & ENCODER_SPLIT_FLAG) != 0);
         if (!(split & 1u)) return it;
         const unsigned firsts = __ballot_sync(0xFFFFFFFFu, (raw & ENCODER_FIRST_FLAG) != 0) & split;
         it.len = __popc(split);
-        it.base = 32 * item;
+        it.base = chunk * item;
         it.boundary = firsts ? __ffs(firsts) - 1 : it.len;
         return it;
     }
@@ -626,7 +635,7 @@ template <int P, int S>
 __global__ void __launch_bounds__(256) encoder_backward_wte_bulk_kernel(
     floatX* __restrict__ dwte, float* __restrict__ scratch, const floatX* __restrict__ dout,
     const int* __restrict__ tokens, const int* __restrict__ starts, const int* __restrict__ positions, int n,
-    int BT, int chunks, int C) {
+    int BT, int chunks, int chunk, int C) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     constexpr int V = X128;
     extern __shared__ __align__(128) unsigned char encoder_smem[];
@@ -644,12 +653,12 @@ __global__ void __launch_bounds__(256) encoder_backward_wte_bulk_kernel(
     const int W = gridDim.x * warps, items = chunks + n;
     // the issuer: the item and row of the next copy
     int issue_item = blockIdx.x * warps + warp, issue_e = 0;
-    EncoderItem issue = encoder_item(issue_item, tokens, starts, positions, n, BT, chunks, lane);
+    EncoderItem issue = encoder_item(issue_item, tokens, starts, positions, n, BT, chunks, chunk, lane);
     unsigned issued = 0;
     auto issue_next = [&]() {  // warp-uniform
         while (issue.len == 0 && issue_item < items) {
             issue_item += W;
-            issue = encoder_item(issue_item, tokens, starts, positions, n, BT, chunks, lane);
+            issue = encoder_item(issue_item, tokens, starts, positions, n, BT, chunks, chunk, lane);
         }
         if (issue_item >= items) return;
         if (lane == 0) {
@@ -675,7 +684,7 @@ __global__ void __launch_bounds__(256) encoder_backward_wte_bulk_kernel(
 
     unsigned consumed = 0;
     for (int item = blockIdx.x * warps + warp; item < items; item += W) {
-        const EncoderItem it = encoder_item(item, tokens, starts, positions, n, BT, chunks, lane);
+        const EncoderItem it = encoder_item(item, tokens, starts, positions, n, BT, chunks, chunk, lane);
         if (it.len == 0) continue;
         float acc[P][V];
 #pragma unroll
@@ -730,9 +739,10 @@ __global__ void __launch_bounds__(256) encoder_backward_wte_bulk_kernel(
 
 // ---- backward launchers ---------------------------------------------------------------------
 
-// fp32 values of scratch encoder_backward needs: two partial rows per 32-position chunk
-static inline size_t encoder_backward_scratch_floats(int BT, int C) {
-    return (size_t)2 * ceil_div(BT, 32) * C;
+// fp32 values of scratch the dwte pass needs with chunks of `chunk` positions: two partial rows per
+// chunk; encoder_backward needs it for the engine's chunk (ENCODER_WTE_CHUNK, below)
+static inline size_t encoder_wte_scratch_floats(int BT, int C, int chunk) {
+    return (size_t)2 * ceil_div(BT, chunk) * C;
 }
 
 // dwpe pass alone (encoder_backward runs it; dev/cuda/encoder.cu times it on its own)
@@ -751,7 +761,7 @@ static void encoder_backward_wpe_launch(floatX* dwpe, const floatX* dout, int B,
 // the dwte reduce kernel after a rows kernel (v3 or v4): a persistent grid over the split tokens'
 // (bucket, column tile) items, none when no token is split
 static void encoder_backward_wte_reduce(floatX* dwte, const float* scratch, const int* plan_device, int n,
-                                        int BT, int C, cudaStream_t stream) {
+                                        int BT, int C, int chunk, cudaStream_t stream) {
     const int* tokens = plan_device;
     const int* starts = plan_device + n;
     const int max_split = BT / (ENCODER_COLD_ROWS + 1) < n ? BT / (ENCODER_COLD_ROWS + 1) : n;
@@ -769,15 +779,18 @@ static void encoder_backward_wte_reduce(floatX* dwte, const float* scratch, cons
     }
     const long long items = (long long)max_split * ceil_div(C, 32 * W);
     const long long resident = (long long)sms * (per_sm > 0 ? per_sm : 1);
-    const int grid = (int)(items < resident ? items : resident);
-    if (W == 4) {
-        encoder_backward_wte_reduce_kernel<4>
-            <<<grid, ENCODER_REDUCE_THREADS, 0, stream>>>(dwte, scratch, tokens, starts, n, C);
-    } else {
-        encoder_backward_wte_reduce_kernel<1>
-            <<<grid, ENCODER_REDUCE_THREADS, 0, stream>>>(dwte, scratch, tokens, starts, n, C);
-    }
-    cudaCheckLast();
+    cudaLaunchConfig_t launch = {};
+    launch.gridDim = dim3((unsigned)(items < resident ? items : resident));
+    launch.blockDim = dim3(ENCODER_REDUCE_THREADS);
+    launch.stream = stream;
+    cudaLaunchAttribute attribute;
+    attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attribute.val.programmaticStreamSerializationAllowed = ENCODER_REDUCE_PDL ? 1 : 0;
+    launch.attrs = &attribute;
+    launch.numAttrs = 1;
+    cudaCheck(cudaLaunchKernelEx(&launch, W == 4 ? encoder_backward_wte_reduce_kernel<4>
+                                                 : encoder_backward_wte_reduce_kernel<1>,
+                                 dwte, scratch, tokens, starts, n, C, chunk));
 }
 
 // dwte pass alone: the rows kernel, then the reduce kernel (plan_device: the plan on the device, n
@@ -794,7 +807,7 @@ static void encoder_backward_wte_v3_launch(floatX* dwte, float* scratch, const f
     encoder_backward_wte_rows_kernel<V, P, U><<<ceil_div(chunks + n, warps), 32 * warps, 0, stream>>>(
         dwte, scratch, dout, tokens, starts, positions, n, BT, chunks, C);
     cudaCheckLast();
-    encoder_backward_wte_reduce(dwte, scratch, plan_device, n, BT, C, stream);
+    encoder_backward_wte_reduce(dwte, scratch, plan_device, n, BT, C, 32, stream);
 }
 
 // v3 with U rows in flight and `warps` per block of the rows kernel; P (packets per lane and pass)
@@ -851,11 +864,11 @@ static inline bool encoder_backward_wte_v4_supported(int C, const void* dwte, co
 
 template <int P, int S>
 static void encoder_backward_wte_v4_launch(floatX* dwte, float* scratch, const floatX* dout, const int* plan_device,
-                                           int n, int BT, int C, int warps, cudaStream_t stream) {
+                                           int n, int BT, int C, int warps, int chunk, cudaStream_t stream) {
     const int* tokens = plan_device;
     const int* starts = plan_device + n;
     const int* positions = plan_device + 2 * n + 1;
-    const int chunks = BT / (ENCODER_COLD_ROWS + 1) > 0 ? ceil_div(BT, 32) : 0;
+    const int chunks = BT / (ENCODER_COLD_ROWS + 1) > 0 ? ceil_div(BT, chunk) : 0;
     const size_t smem = encoder_bulk_smem(C, warps, S);
     auto kernel = encoder_backward_wte_bulk_kernel<P, S>;
     int device = 0, sms = 0, per_sm = 0;
@@ -866,17 +879,17 @@ static void encoder_backward_wte_v4_launch(floatX* dwte, float* scratch, const f
     const int work = ceil_div(chunks + n, warps);
     const int resident = sms * (per_sm > 0 ? per_sm : 1);
     kernel<<<work < resident ? work : resident, 32 * warps, smem, stream>>>(dwte, scratch, dout, tokens, starts,
-                                                                            positions, n, BT, chunks, C);
+                                                                            positions, n, BT, chunks, chunk, C);
     cudaCheckLast();
-    encoder_backward_wte_reduce(dwte, scratch, plan_device, n, BT, C, stream);
+    encoder_backward_wte_reduce(dwte, scratch, plan_device, n, BT, C, chunk, stream);
 }
 
 template <int S>
 static void encoder_backward_wte_v4(floatX* dwte, float* scratch, const floatX* dout, const int* plan_device, int n,
-                                    int BT, int C, int warps, cudaStream_t stream) {
+                                    int BT, int C, int warps, int chunk, cudaStream_t stream) {
     if (n <= 0) return;
-    if (warps < 1 || warps > 8) {
-        fprintf(stderr, "encoder_backward_wte_v4: %d warps per block not supported\n", warps);
+    if (warps < 1 || warps > 8 || chunk < 1 || chunk > 32) {
+        fprintf(stderr, "encoder_backward_wte_v4: %d warps per block, chunks of %d not supported\n", warps, chunk);
         exit(1);
     }
     if (!encoder_backward_wte_v4_supported(C, dwte, dout, scratch, warps, S)) {
@@ -884,13 +897,13 @@ static void encoder_backward_wte_v4(floatX* dwte, float* scratch, const floatX* 
         return;
     }
     switch (encoder_bulk_packets(C)) {
-        case 1: encoder_backward_wte_v4_launch<1, S>(dwte, scratch, dout, plan_device, n, BT, C, warps, stream); break;
-        case 2: encoder_backward_wte_v4_launch<2, S>(dwte, scratch, dout, plan_device, n, BT, C, warps, stream); break;
-        case 3: encoder_backward_wte_v4_launch<3, S>(dwte, scratch, dout, plan_device, n, BT, C, warps, stream); break;
-        case 4: encoder_backward_wte_v4_launch<4, S>(dwte, scratch, dout, plan_device, n, BT, C, warps, stream); break;
+        case 1: encoder_backward_wte_v4_launch<1, S>(dwte, scratch, dout, plan_device, n, BT, C, warps, chunk, stream); break;
+        case 2: encoder_backward_wte_v4_launch<2, S>(dwte, scratch, dout, plan_device, n, BT, C, warps, chunk, stream); break;
+        case 3: encoder_backward_wte_v4_launch<3, S>(dwte, scratch, dout, plan_device, n, BT, C, warps, chunk, stream); break;
+        case 4: encoder_backward_wte_v4_launch<4, S>(dwte, scratch, dout, plan_device, n, BT, C, warps, chunk, stream); break;
         default:
             encoder_backward_wte_v4_launch<ENCODER_BULK_MAX_P, S>(dwte, scratch, dout, plan_device, n, BT, C, warps,
-                                                                  stream);
+                                                                  chunk, stream);
             break;
     }
 }
@@ -903,6 +916,13 @@ static void encoder_backward_wte_v4(floatX* dwte, float* scratch, const floatX* 
 #ifndef ENCODER_WTE_WARPS
 #define ENCODER_WTE_WARPS 4
 #endif
+#ifndef ENCODER_WTE_CHUNK
+#define ENCODER_WTE_CHUNK 32  // positions of a split token's chunk (one warp's item), at most 32
+#endif
+
+static inline size_t encoder_backward_scratch_floats(int BT, int C) {
+    return encoder_wte_scratch_floats(BT, C, ENCODER_WTE_CHUNK < 32 ? ENCODER_WTE_CHUNK : 32);
+}
 
 static void encoder_backward_wpe(floatX* dwpe, const floatX* dout, int B, int T, int C, cudaStream_t stream) {
     encoder_backward_wpe_launch<4>(dwpe, dout, B, T, C, stream);
@@ -911,14 +931,16 @@ static void encoder_backward_wpe(floatX* dwpe, const floatX* dout, int B, int T,
 static void encoder_backward_wte(floatX* dwte, float* scratch, const floatX* dout, const int* plan_device, int n,
                                  int BT, int C, cudaStream_t stream) {
     encoder_backward_wte_v4<ENCODER_WTE_ROWS_IN_FLIGHT>(dwte, scratch, dout, plan_device, n, BT, C, ENCODER_WTE_WARPS,
-                                                        stream);
+                                                        ENCODER_WTE_CHUNK, stream);
 }
 
 // plan_device: the plan copied to the device (same layout), n distinct tokens; scratch:
-// encoder_backward_scratch_floats(B * T, C) floats, free for the duration of the call.
+// encoder_backward_scratch_floats(B * T, C) floats, free for the duration of the call. dwpe NULL:
+// summed elsewhere (the engine sums it in layer 0's ln1 backward, layernorm_backward_dwpe, which
+// writes this dout: that saves reading dout a second time here).
 static void encoder_backward(floatX* dwte, floatX* dwpe, float* scratch, const floatX* dout, const int* plan_device,
                              int n, int B, int T, int C, cudaStream_t stream) {
-    encoder_backward_wpe(dwpe, dout, B, T, C, stream);
+    if (dwpe != NULL) encoder_backward_wpe(dwpe, dout, B, T, C, stream);
     encoder_backward_wte(dwte, scratch, dout, plan_device, n, B * T, C, stream);
 }
 

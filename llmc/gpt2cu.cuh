@@ -317,6 +317,8 @@ static void gpt2cu_allocate_activations(GPT2CU* model, int B, int T) {
     size_t scratch = column_sum_scratch_floats((int)BT, (int)(4 * C));
     const size_t ln_scratch = layernorm_backward_scratch_floats((int)BT, (int)C);
     if (ln_scratch > scratch) scratch = ln_scratch;
+    const size_t ln_dwpe_scratch = layernorm_backward_dwpe_scratch_floats((int)BT, (int)C, (int)T);
+    if (ln_dwpe_scratch > scratch) scratch = ln_dwpe_scratch;
     const size_t encoder_scratch = encoder_backward_scratch_floats((int)BT, (int)C);
     if (encoder_scratch > scratch) scratch = encoder_scratch;
     if (scratch < NORM_BLOCKS) scratch = NORM_BLOCKS;
@@ -464,6 +466,7 @@ static int gpt2cu_backward(GPT2CU* model) {
     layernorm_backward(a->dresidual, g->lnfw, g->lnfb, a->scratch, a->dbtc, a->residual3 + (L - 1) * btc, p->lnfw,
                        a->lnf_mean, a->lnf_rstd, BT, C, s);
     const int r_ln = model->recompute >= 2, r_gelu = model->recompute >= 1;
+    bool dwpe_pending = false;  // layer 0's ln1 backward could not sum dwpe: the encoder's pass does
     for (int l = L - 1; l >= 0; l--) {
         const floatX* residual = l == 0 ? a->encoded : a->residual3 + (l - 1) * btc;
         const size_t lc = (size_t)l * C;
@@ -498,10 +501,16 @@ static int gpt2cu_backward(GPT2CU* model) {
         }
         matmul_backward(a->dbtc, g->qkvw + lc * 3 * C, g->qkvb + lc * 3, a->dqkv, ln1, p->qkvw + lc * 3 * C, NULL,
                         a->scratch, BT, C, 3 * C, s);
-        layernorm_backward(a->dresidual, g->ln1w + lc, g->ln1b + lc, a->scratch, a->dbtc, residual, p->ln1w + lc,
-                           a->ln1_mean + (size_t)l * BT, a->ln1_rstd + (size_t)l * BT, BT, C, s);
+        // layer 0's writes the encoder's dout, and sums dwpe from it where it can
+        if (l > 0 || !layernorm_backward_dwpe(a->dresidual, g->ln1w + lc, g->ln1b + lc, g->wpe, a->scratch, a->dbtc,
+                                              residual, p->ln1w + lc, a->ln1_mean, a->ln1_rstd, BT, C, T, s)) {
+            layernorm_backward(a->dresidual, g->ln1w + lc, g->ln1b + lc, a->scratch, a->dbtc, residual, p->ln1w + lc,
+                               a->ln1_mean + (size_t)l * BT, a->ln1_rstd + (size_t)l * BT, BT, C, s);
+            if (l == 0) dwpe_pending = true;
+        }
     }
-    encoder_backward(g->wte, g->wpe, a->scratch, a->dresidual, model->plan_d, model->plan_n, B, T, C, s);
+    encoder_backward(g->wte, dwpe_pending ? g->wpe : NULL, a->scratch, a->dresidual, model->plan_d, model->plan_n, B,
+                     T, C, s);
     model->last_mode = -1;  // dlogits consumed
     return LLMC_OK;
 }

@@ -791,16 +791,18 @@ static void forward_case(const FwdVersion& v, const Shape& s, uint64_t seed, dou
 
 // ---- backward -------------------------------------------------------------------------------
 
-// v3 with the dwpe pass's rows per load batch, the dwte rows kernel's rows in flight per warp and
-// its warps per block
+// v3 and v4: the dwte rows kernel's rows in flight per warp and its warps per block; v4 also the
+// positions of a split token's chunk (v3's are 32)
 struct BwdVersion {
-    int version, rows_in_flight, warps;
+    int version, rows_in_flight, warps, chunk;
 };
-static const BwdVersion BACKWARD_VERSIONS[] = {{1, 0, 0}, {2, 0, 0}, {3, 1, 4}, {3, 2, 4},
-                                               {4, 2, 4}, {4, 2, 8}, {4, 4, 4}};
+static const BwdVersion BACKWARD_VERSIONS[] = {{1, 0, 0, 0},  {2, 0, 0, 0},  {3, 1, 4, 32}, {3, 2, 4, 32},
+                                               {4, 2, 4, 32}, {4, 2, 8, 32}, {4, 4, 4, 32}, {4, 2, 4, 16}};
+static const int MIN_CHUNK = 16;  // the scratch is sized for the smallest chunk above
 
 static bool backward_is_engine(const BwdVersion& v) {
-    return v.version == 4 && v.rows_in_flight == ENCODER_WTE_ROWS_IN_FLIGHT && v.warps == ENCODER_WTE_WARPS;
+    return v.version == 4 && v.rows_in_flight == ENCODER_WTE_ROWS_IN_FLIGHT && v.warps == ENCODER_WTE_WARPS &&
+           v.chunk == ENCODER_WTE_CHUNK;
 }
 static std::string backward_name(const BwdVersion& v) {
     std::string name = "v" + std::to_string(v.version);
@@ -811,7 +813,8 @@ static std::string backward_name(const BwdVersion& v) {
         name += ")";
     } else if (v.version == 4) {
         name += " (dwte bulk copies, " + std::to_string(v.rows_in_flight) + " rows in flight, " +
-                std::to_string(v.warps) + " warps per block)";
+                std::to_string(v.warps) + " warps per block" +
+                (v.chunk == 32 ? "" : ", chunks of " + std::to_string(v.chunk)) + ")";
     }
     if (backward_is_engine(v)) name += " (engine)";
     return name;
@@ -847,7 +850,8 @@ static void backward_data(BackwardData* d, const Shape& s, TokenLaw law, uint64_
     d->d_plan = bench::to_device(plan);
     for (int i = 2 * d->n + 1; i < 3 * BT + 1; i++) plan[i] &= ENCODER_POSITION_MASK;
     d->d_plan_v2 = bench::to_device(plan);
-    d->d_scratch = bench::device_alloc<float>(encoder_backward_scratch_floats(BT, s.C));
+    d->d_scratch = bench::device_alloc<float>(
+        std::max(encoder_backward_scratch_floats(BT, s.C), encoder_wte_scratch_floats(BT, s.C, MIN_CHUNK)));
 }
 
 static void backward_free(BackwardData* d) {
@@ -884,8 +888,12 @@ static void backward_call(const BwdVersion& v, const BackwardData& d, int pass =
     }
     if (pass != 1 && v.version == 4) {
         switch (v.rows_in_flight) {
-            case 2: encoder_backward_wte_v4<2>(d.d_dwte, d.d_scratch, d.d_dout, d.d_plan, d.n, BT, s.C, v.warps, 0); break;
-            case 4: encoder_backward_wte_v4<4>(d.d_dwte, d.d_scratch, d.d_dout, d.d_plan, d.n, BT, s.C, v.warps, 0); break;
+            case 2:
+                encoder_backward_wte_v4<2>(d.d_dwte, d.d_scratch, d.d_dout, d.d_plan, d.n, BT, s.C, v.warps, v.chunk, 0);
+                break;
+            case 4:
+                encoder_backward_wte_v4<4>(d.d_dwte, d.d_scratch, d.d_dout, d.d_plan, d.n, BT, s.C, v.warps, v.chunk, 0);
+                break;
             default:
                 fprintf(stderr, "backward_call: no v4 instance with %d rows in flight\n", v.rows_in_flight);
                 exit(1);
@@ -991,6 +999,65 @@ static void backward_gather_reference(const Shape& s, TokenLaw law, uint64_t see
     backward_free(&d);
 }
 
+// The encoder backward as the engine runs it in training: layer 0's ln1 backward writes dout (as
+// its dinp) and sums dwpe from it on the way (layernorm_backward_dwpe, checked in
+// dev/cuda/layernorm.cu), then the encoder backward is the dwte pass alone (encoder_backward with
+// dwpe NULL). Timed here, on the same dout: that layernorm backward alone, the pair as the engine
+// runs it, and the pair as the engine ran it before (plain layernorm backward, then both of the
+// encoder's passes). The encoder's share is the pair's time less the layernorm backward's alone,
+// reported on the whole backward's count of bytes (dout once, dwte and dwpe rows, the plan).
+static void backward_in_training(const Shape& s, TokenLaw law, uint64_t seed, double copy_gbs) {
+    const int BT = s.B * s.T, C = s.C;
+    if (layernorm_backward_dwpe_scratch_floats(BT, C, s.T) == 0) {
+        printf("encoder backward in training (%s): layer 0's ln1 backward cannot sum dwpe at this shape\n",
+               shape_name(s).c_str());
+        return;
+    }
+    BackwardData d;
+    backward_data(&d, s, law, seed);
+    Rng rng;
+    rng_init(&rng, seed + 1);
+    floatX* ln_dout = bench::to_device(random_values(&rng, (size_t)BT * C));
+    floatX* ln_inp = bench::to_device(random_values(&rng, (size_t)BT * C));
+    floatX* ln_weight = bench::to_device(random_values(&rng, (size_t)C));
+    floatX* dweight = bench::to_device(random_values(&rng, (size_t)C));
+    floatX* dbias = bench::to_device(random_values(&rng, (size_t)C));
+    std::vector<float> stats(BT);
+    for (float& x : stats) x = 0.5f + 0.5f * (float)rng_uniform(&rng);
+    float* mean = bench::to_device(stats);
+    float* rstd = bench::to_device(stats);
+    const size_t ln_floats = std::max(layernorm_backward_scratch_floats(BT, C),
+                                      layernorm_backward_dwpe_scratch_floats(BT, C, s.T));
+    float* ln_scratch = bench::device_alloc<float>(ln_floats);
+    auto ln = [&] {
+        layernorm_backward(d.d_dout, dweight, dbias, ln_scratch, ln_dout, ln_inp, ln_weight, mean, rstd, BT, C, 0);
+    };
+    const double ms_ln = bench::time_ms(ln);
+    const double ms_now = bench::time_ms([&] {
+        layernorm_backward_dwpe(d.d_dout, dweight, dbias, d.d_dwpe, ln_scratch, ln_dout, ln_inp, ln_weight, mean, rstd,
+                                BT, C, s.T, 0);
+        encoder_backward(d.d_dwte, NULL, d.d_scratch, d.d_dout, d.d_plan, d.n, s.B, s.T, C, 0);
+    });
+    const double ms_before = bench::time_ms([&] {
+        ln();
+        encoder_backward(d.d_dwte, d.d_dwpe, d.d_scratch, d.d_dout, d.d_plan, d.n, s.B, s.T, C, 0);
+    });
+    const double ln_bytes = 4.0 * BT * C * sizeof(floatX) + 8.0 * BT;
+    const double enc_bytes = ((double)BT + 2.0 * d.n + 2.0 * s.T) * C * sizeof(floatX) + 4.0 * (BT + 2.0 * d.n + 1);
+    const std::string kernel = backward_kernel(" in training", s, law);
+    bench::report_memory(kernel, "layer 0's ln1 backward alone (engine)", -1.0, TOL, ms_ln, ln_bytes, copy_gbs);
+    bench::report_memory(kernel, "ln1 backward with dwpe, then the dwte pass (engine)", -1.0, TOL, ms_now,
+                         ln_bytes + enc_bytes, copy_gbs);
+    bench::report_memory(kernel, "ln1 backward, then both encoder passes (engine before session 6)", -1.0, TOL,
+                         ms_before, ln_bytes + enc_bytes, copy_gbs);
+    bench::report_memory(kernel, "the encoder's share: the pair less the ln1 backward alone (engine)", -1.0, TOL,
+                         ms_now - ms_ln, enc_bytes, copy_gbs);
+    for (void* ptr : {(void*)ln_dout, (void*)ln_inp, (void*)ln_weight, (void*)dweight, (void*)dbias, (void*)mean,
+                      (void*)rstd, (void*)ln_scratch})
+        cudaCheck(cudaFree(ptr));
+    backward_free(&d);
+}
+
 // ---- main -----------------------------------------------------------------------------------
 
 int main(int argc, char** argv) {
@@ -1042,5 +1109,6 @@ int main(int argc, char** argv) {
         for (const BwdVersion& v : BACKWARD_VERSIONS) backward_case(v, full, law, seed++, copy_gbs);
     for (const BwdVersion& v : BACKWARD_VERSIONS) backward_passes(v, full, ZIPF, seed++, copy_gbs);
     for (TokenLaw law : {ZIPF, UNIFORM}) backward_gather_reference(full, law, seed++, copy_gbs);
+    for (TokenLaw law : {ZIPF, UNIFORM}) backward_in_training(full, law, seed++, copy_gbs);
     return bench::finish();
 }

@@ -51,6 +51,11 @@ prints the engine and the older versions; --v4 adds the candidates.
       xhat kept in registers between the passes: 77.3%), 8 teams of one warp (76.0%), a kernel
       without the team barrier for one-warp teams (twice the blocks per SM: 80.6-81.3%), dinp
       stored with st.global.cs (no gain).
+  v4 with dwpe (layer 0's ln1 backward in the engine, layernorm_backward_v4_dwpe): the encoder's
+      dout is the dinp this backward writes, so it also sums dwpe[t] over b, in a grid whose teams
+      are a multiple of T with rows interleaved (each team owns one position), plus an ordered
+      finish over the partials. N = 65536, C = 768, T = 1024: 110.5 us against 105.2 us for v4
+      alone and 137.2 us for v4 followed by the encoder's dwpe pass (2026-11-24, session 6).
   Forward launch options of v3 (plain and fused; the engine's are llmc/layernorm.cuh's LN3_FWD_*
   and LN3_FUSED_* defines, which -D can set to time another as the engine's): 1, 2, 4 or 8 warps
   per block (a block's slot frees only when its slowest row is done: smaller blocks free theirs
@@ -633,10 +638,11 @@ int main(int argc, char** argv) {
     if (sweep) {
         // odd N everywhere; GPT-2 widths; v3's largest team (4096 bf16); v4's configurations (384,
         // 512: 2 packets per thread in bf16, 3 and the wider rows' one in fp32); partial packet
-        // groups (776, 8); C = 99: no 16-byte packets, v1 only (the engine's fallback)
+        // groups (776, 8); C = 99: no 16-byte packets, v1 only (the engine's fallback); B T rows
+        // with B > 1 for the backward with dwpe (4 x 1024, 2 x 768, 8 x 256)
         const int shapes[][2] = {{1003, 768}, {517, 1024}, {301, 1280}, {257, 1600}, {129, 2048},
                                  {33, 4096},  {45, 384},   {23, 512},   {77, 776},   {65, 8},
-                                 {1, 768},    {31, 99}};
+                                 {1, 768},    {31, 99},    {4096, 768}, {1536, 1600}, {2048, 384}};
         for (const auto& s : shapes) run_shape(s[0], s[1], 0.0, seed++, candidates);
     }
     const double copy_gbs = bench::copy_bandwidth_gbs();
