@@ -52,10 +52,12 @@ a single pass would have to reduce every row into two different groupings (by t 
 which without atomics needs partial sums the size of dout (or, split by ranges of b so that the
 second read hits L2, per-range partial rows of every token seen in two ranges: ~16,000 distinct
 tokens, tens of MB of partials at these shapes, as many bytes as the second read of dout saves;
-not built). So the backward tops out near half of the copy bandwidth on the "dout once" count.
-The way out that stays deterministic, not built: sum dwpe where dout's rows are produced, in layer
-0's ln1 backward, whose teams would each own one position t (grid x teams a multiple of T) and
-keep its sum over b in registers; the encoder backward would then be the dwte pass alone.
+not built). So encoder_backward with both passes tops out near half of the copy bandwidth on the
+"dout once" count. The engine therefore sums dwpe where dout's rows are produced (2026-11-24
+session 6): layer 0's ln1 layernorm backward writes them, and its teams each own one position t
+and keep its sum over b in registers (layernorm_backward_dwpe, llmc/layernorm.cuh); the engine
+then calls encoder_backward with dwpe NULL, the dwte pass alone. The pair (that layernorm backward,
+then the dwte pass) takes 156.5 us where the layernorm backward and both passes took 180.2 us.
 
 Measured (dev/cuda/encoder.cu, H200, B = 64, T = 1024, C = 768 bf16, 2026-11-24, three runs), the
 whole backward: Zipf tokens v2 207.8 / 210.1 / 206.5 us (18%); v3 with 2 rows in flight 91.6 /
@@ -85,6 +87,13 @@ dev/cuda's timing that no longer counts the host's launch time (dev/cuda/common.
 the whole backward 80.6 us Zipf (45.2% of copy; v3 88.0 us), 86.9 us uniform (59.3%; v3 105.4 us);
 dwte pass 52.0 us (68.4%), of which ncu puts 8.9 us in the reduce kernel; dwpe pass 29.1 us; the
 reference 25.7-26.2 us (91-93%).
+
+Measured 2026-11-24 session 6 (dev/cuda run_all, same shapes): the reduce kernel as a
+programmatic dependent launch, dwte pass (Zipf) 50.5-51.8 us against 52.0 us; chunks of 16
+positions instead of 32 (twice the partials) 60.5 us, of 8 64.6 us (the partials and their reduce
+cost more than the shorter chains of rows save). In training (dwpe summed in layer 0's ln1
+backward) the encoder's share of the step is 54.9 us on Zipf tokens (66.2% of copy on the whole
+backward's count) and 60.3 us on uniform tokens (85.2%), against 78.6 / 86.8 us before.
 
 History (issue 5, dev/cuda/encoder.cu measures every version): before, the forward was one thread
 per element with a division per element and 2-byte loads, and dwte was one block per token with

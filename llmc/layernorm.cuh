@@ -1293,8 +1293,9 @@ static void layernorm_backward_v4(floatX* dinp, floatX* dweight, floatX* dbias, 
 // out across the grid, team g then takes only rows at position g % T (the kernel's PE).
 // Measured (H200, 2026-11-24 session 6, dev/cuda/layernorm, N = 65536, C = 768, T = 1024): 110.5 us
 // against 105.2 us for the engine's backward alone and 137.2 us for it followed by the encoder's
-// dwpe pass. Other configurations with dwpe: 2 teams with 3 / 4 stages 115.2 / 118.4 us, 4 teams
-// with 2 / 3 / 4 stages 112.6 / 117.5 / 120.3 us.
+// dwpe pass; with the dwpe finish as a programmatic dependent launch 109.0 / 109.5 us against
+// 105.0 / 105.2 and 135.9 / 135.5 (two runs). Other configurations with dwpe (first run): 2 teams
+// with 3 / 4 stages 115.2 / 118.4 us, 4 teams with 2 / 3 / 4 stages 112.6 / 117.5 / 120.3 us.
 
 // blocks of the PE kernel instance that fit on the device at once
 static int ln4_dwpe_resident_blocks(int C, const Ln4Config& k) {

@@ -90,13 +90,21 @@ Versions, backward (all deterministic: the host groups positions by token, encod
                v3's items and sums, the rows brought in by bulk copies: each warp a persistent
                worker whose lane 0 keeps a ring of S row buffers in shared memory filled across
                item boundaries (S rows in flight at no register cost: 60 registers against v3's
-               109). Zipf 84.1-84.3 us, uniform 91.5-92.1 us with S = 2 and 4 warps per block
-               (the engine's; 8 warps level); more rows in flight was slower (llmc/encoder.cuh
-               has the numbers).
+               109); the reduce kernel as a programmatic dependent launch (session 6). Session
+               6's runs: Zipf 79.4-80.2 us, uniform 84.5-85.6 us with S = 2 and 4 warps per
+               block (the engine's; 8 warps level); more rows in flight was slower; chunks of 16
+               positions (the last variant) 88.4 us Zipf, of 8 94.3 us (dropped): the partials
+               cost more than the shorter chains save (llmc/encoder.cuh has the numbers).
   Reference row: every dout row read once in the plan's order, nothing computed or written (bulk
-  copies, 2 or 4 rows in flight per warp): 30.9-32.1 us, 76-79% of copy, Zipf and uniform alike,
-  the same as the dwpe pass's sequential read. What a deterministic dwte pass must at least read.
-  The engine's two passes (dwpe, dwte) are also timed alone.
+  copies, 2 or 4 rows in flight per warp): 25.6-26.2 us, 91-93% of copy, Zipf and uniform alike.
+  What a deterministic dwte pass must at least read. The engine's two passes (dwpe, dwte) are also
+  timed alone.
+  In training (backward_in_training): the engine sums dwpe in layer 0's ln1 layernorm backward,
+  which writes dout (llmc/layernorm.cuh, checked in dev/cuda/layernorm.cu), and runs the dwte pass
+  alone. These rows time that pair, the layernorm backward alone, and the pair as it was before
+  (plain layernorm backward, then both passes), on the same data; the encoder's share is the pair
+  less the layernorm backward: 54.5-54.9 us Zipf (66-67% of copy on the whole backward's count),
+  60.2-60.6 us uniform (85%), against 78.1-78.6 / 86.8-87.0 us before (session 6).
 
 Checks: every version against a double-precision CPU reference on fresh random inputs per version
 and shape (values uniform in [-1, 1): the encoder only adds, so their distribution does not matter,
@@ -114,8 +122,9 @@ device-to-device copy bandwidth measured in the same run:
   backward  dout once, the touched dwte rows read and written, dwpe read and written, the plan:
             (B*T + 2 n_distinct + 2 T) C values + 4 (B*T + 2 n_distinct + 1) bytes. Each gradient
             needs all of dout and, without atomics or a scratch buffer the size of dout, they
-            cannot share one read (llmc/encoder.cuh), so the engine reads dout twice and tops out
-            near half of copy on this count. The pass rows count dout once per pass:
+            cannot share one read (llmc/encoder.cuh), so encoder_backward with both passes reads
+            dout twice and tops out near half of copy on this count (hence the in-training rows,
+            whose dwpe comes from the layernorm backward). The pass rows count dout once per pass:
             dwpe pass (B*T + 2 T) C values; dwte pass (B*T + 2 n_distinct) C values + the plan.
 */
 #include <math.h>

@@ -54,8 +54,9 @@ prints the engine and the older versions; --v4 adds the candidates.
   v4 with dwpe (layer 0's ln1 backward in the engine, layernorm_backward_v4_dwpe): the encoder's
       dout is the dinp this backward writes, so it also sums dwpe[t] over b, in a grid whose teams
       are a multiple of T with rows interleaved (each team owns one position), plus an ordered
-      finish over the partials. N = 65536, C = 768, T = 1024: 110.5 us against 105.2 us for v4
-      alone and 137.2 us for v4 followed by the encoder's dwpe pass (2026-11-24, session 6).
+      finish over the partials. N = 65536, C = 768, T = 1024: 109.0-109.5 us against 105.0-105.2
+      us for v4 alone and 135.5-135.9 us for v4 followed by the encoder's dwpe pass (2026-11-24,
+      session 6).
   Forward launch options of v3 (plain and fused; the engine's are llmc/layernorm.cuh's LN3_FWD_*
   and LN3_FUSED_* defines, which -D can set to time another as the engine's): 1, 2, 4 or 8 warps
   per block (a block's slot frees only when its slowest row is done: smaller blocks free theirs
