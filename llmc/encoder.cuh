@@ -906,10 +906,18 @@ static void encoder_backward_wte_v4(floatX* dwte, float* scratch, const floatX* 
         return;
     }
     switch (encoder_bulk_packets(C)) {
-        case 1: encoder_backward_wte_v4_launch<1, S>(dwte, scratch, dout, plan_device, n, BT, C, warps, chunk, stream); break;
-        case 2: encoder_backward_wte_v4_launch<2, S>(dwte, scratch, dout, plan_device, n, BT, C, warps, chunk, stream); break;
-        case 3: encoder_backward_wte_v4_launch<3, S>(dwte, scratch, dout, plan_device, n, BT, C, warps, chunk, stream); break;
-        case 4: encoder_backward_wte_v4_launch<4, S>(dwte, scratch, dout, plan_device, n, BT, C, warps, chunk, stream); break;
+        case 1:
+            encoder_backward_wte_v4_launch<1, S>(dwte, scratch, dout, plan_device, n, BT, C, warps, chunk, stream);
+            break;
+        case 2:
+            encoder_backward_wte_v4_launch<2, S>(dwte, scratch, dout, plan_device, n, BT, C, warps, chunk, stream);
+            break;
+        case 3:
+            encoder_backward_wte_v4_launch<3, S>(dwte, scratch, dout, plan_device, n, BT, C, warps, chunk, stream);
+            break;
+        case 4:
+            encoder_backward_wte_v4_launch<4, S>(dwte, scratch, dout, plan_device, n, BT, C, warps, chunk, stream);
+            break;
         default:
             encoder_backward_wte_v4_launch<ENCODER_BULK_MAX_P, S>(dwte, scratch, dout, plan_device, n, BT, C, warps,
                                                                   chunk, stream);

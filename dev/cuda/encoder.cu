@@ -898,10 +898,12 @@ static void backward_call(const BwdVersion& v, const BackwardData& d, int pass =
     if (pass != 1 && v.version == 4) {
         switch (v.rows_in_flight) {
             case 2:
-                encoder_backward_wte_v4<2>(d.d_dwte, d.d_scratch, d.d_dout, d.d_plan, d.n, BT, s.C, v.warps, v.chunk, 0);
+                encoder_backward_wte_v4<2>(d.d_dwte, d.d_scratch, d.d_dout, d.d_plan, d.n, BT, s.C, v.warps, v.chunk,
+                                           0);
                 break;
             case 4:
-                encoder_backward_wte_v4<4>(d.d_dwte, d.d_scratch, d.d_dout, d.d_plan, d.n, BT, s.C, v.warps, v.chunk, 0);
+                encoder_backward_wte_v4<4>(d.d_dwte, d.d_scratch, d.d_dout, d.d_plan, d.n, BT, s.C, v.warps, v.chunk,
+                                           0);
                 break;
             default:
                 fprintf(stderr, "backward_call: no v4 instance with %d rows in flight\n", v.rows_in_flight);
