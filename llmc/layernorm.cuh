@@ -1239,21 +1239,27 @@ static void ln4_with_kernel(int C, const Ln4Config& k, Fn fn) {
     }
 }
 
-// Grid of the v4 backward: the blocks that fit on the device at once (one wave), at most one per
-// `teams` rows. Also sets the kernel's dynamic shared-memory limit (above 48 KB needs it).
-static int layernorm_backward_v4_grid(int N, int C, const Ln4Config& k) {
+// Blocks of configuration k (PE: the instance that also sums dwpe) that fit on the device at once.
+// Also sets the kernel's dynamic shared-memory limit (above 48 KB needs it).
+template <bool PE = false>
+static int ln4_resident_blocks(int C, const Ln4Config& k) {
     const int threads = k.teams * ln4_team_threads(C, k.packets);
     const size_t smem = ln4_smem_bytes(k.teams, ln4_team_threads(C, k.packets), k.stages, k.packets);
     int device = 0, sms = 0, per_sm = 0;
     cudaCheck(cudaGetDevice(&device));
     cudaCheck(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-    ln4_with_kernel(C, k, [&](auto kernel) {
+    ln4_with_kernel<PE>(C, k, [&](auto kernel) {
         cudaCheck(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
         cudaCheck(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, smem));
     });
-    if (per_sm < 1) per_sm = 1;
-    const int most = ceil_div(N, k.teams);
-    return per_sm * sms < most ? per_sm * sms : most;
+    return (per_sm < 1 ? 1 : per_sm) * sms;
+}
+
+// Grid of the v4 backward: the blocks that fit on the device at once (one wave), at most one per
+// `teams` rows.
+static int layernorm_backward_v4_grid(int N, int C, const Ln4Config& k) {
+    const int resident = ln4_resident_blocks(C, k), most = ceil_div(N, k.teams);
+    return resident < most ? resident : most;
 }
 
 static size_t layernorm_backward_v4_scratch_floats(int N, int C, const Ln4Config& k) {
@@ -1297,25 +1303,11 @@ static void layernorm_backward_v4(floatX* dinp, floatX* dweight, floatX* dbias, 
 // 105.0 / 105.2 and 135.9 / 135.5 (two runs). Other configurations with dwpe (first run): 2 teams
 // with 3 / 4 stages 115.2 / 118.4 us, 4 teams with 2 / 3 / 4 stages 112.6 / 117.5 / 120.3 us.
 
-// blocks of the PE kernel instance that fit on the device at once
-static int ln4_dwpe_resident_blocks(int C, const Ln4Config& k) {
-    const int threads = k.teams * ln4_team_threads(C, k.packets);
-    const size_t smem = ln4_smem_bytes(k.teams, ln4_team_threads(C, k.packets), k.stages, k.packets);
-    int device = 0, sms = 0, per_sm = 0;
-    cudaCheck(cudaGetDevice(&device));
-    cudaCheck(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-    ln4_with_kernel<true>(C, k, [&](auto kernel) {
-        cudaCheck(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-        cudaCheck(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, smem));
-    });
-    return (per_sm < 1 ? 1 : per_sm) * sms;
-}
-
 // m, the partial sums of each dwpe row (teams = m T), or 0 where the fused form does not apply
 // (rows not interleaved, N not a multiple of T, or no multiple of T teams in one wave)
 static int layernorm_backward_v4_dwpe_parts(int N, int C, int T, const Ln4Config& k) {
     if (!k.interleave || T <= 0 || N % T != 0 || !ln4_config_ok(C, k)) return 0;
-    const long long most_teams = (long long)ln4_dwpe_resident_blocks(C, k) * k.teams;
+    const long long most_teams = (long long)ln4_resident_blocks<true>(C, k) * k.teams;
     for (long long m = most_teams / T < N / T ? most_teams / T : N / T; m >= 1; m--)
         if (m * T % k.teams == 0) return (int)m;
     return 0;
@@ -1358,13 +1350,12 @@ static bool layernorm_backward_v4_dwpe(floatX* dinp, floatX* dweight, floatX* db
                                        const floatX* dout, const floatX* inp, const floatX* weight, const float* mean,
                                        const float* rstd, int N, int C, int T, cudaStream_t stream,
                                        const Ln4Config& k) {
-    const int m = layernorm_backward_v4_dwpe_parts(N, C, T, k);
+    const int m = layernorm_backward_v4_dwpe_parts(N, C, T, k);  // also sets the shared-memory limit
     if (m == 0) return false;
     const int grid = m * T / k.teams, team_threads = ln4_team_threads(C, k.packets);
     const size_t smem = ln4_smem_bytes(k.teams, team_threads, k.stages, k.packets);
     float* pe_partials = scratch + (size_t)grid * 2 * C;
     ln4_with_kernel<true>(C, k, [&](auto kernel) {
-        cudaCheck(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
         kernel<<<grid, k.teams * team_threads, smem, stream>>>(dinp, scratch, dout, inp, weight, mean, rstd, N, C,
                                                                k.teams, true, pe_partials);
     });
