@@ -164,8 +164,8 @@ void CudaEngine::backward(float loss_scale) {
                      loss_scale / (float)BT, 1.0f, 1, 0, s);
     // the encoder's backward plan, from the inputs of the last forward still in the pinned buffer
     if (m->upload_pending) cudaCheck(cudaEventSynchronize(m->upload_done));
-    m->plan_n = encoder_backward_plan(&m->planner, m->inputs_h, BT, m->plan_h);
-    cudaCheck(cudaMemcpyAsync(m->plan_d, m->plan_h, (2 * (size_t)m->plan_n + 1 + BT) * sizeof(int),
+    m->plan_shape = encoder_backward_plan(&m->planner, m->inputs_h, BT, m->plan_h);
+    cudaCheck(cudaMemcpyAsync(m->plan_d, m->plan_h, (2 * (size_t)m->plan_shape.n + 1 + BT) * sizeof(int),
                               cudaMemcpyHostToDevice, s));
     cudaCheck(cudaEventRecord(m->upload_done, s));
     m->upload_pending = 1;

@@ -95,6 +95,34 @@ cost more than the shorter chains of rows save). In training (dwpe summed in lay
 backward) the encoder's share of the step is 54.9 us on Zipf tokens (66.2% of copy on the whole
 backward's count) and 60.3 us on uniform tokens (85.2%), against 78.6 / 86.8 us before.
 
+Measured 2026-11-24 session 7 (dev/cuda/encoder.cu, two runs each). The launchers now take the
+plan's counts (EncoderPlanShape): chunk items for the split positions only, and no reduce kernel
+when no token is split (before, 2,048 chunk items and a grid of ~1,000 reduce blocks were launched
+whatever the tokens, and on uniform tokens they all found nothing: 1.9 us of the pass). Encoder's
+share in training, uniform tokens 58.8 / 58.1 us (88.1 / 89.1% of copy) against 60.3 us; Zipf
+54.6-55.4 us (66-67%), the dwte pass 49.7 / 50.1 us against 50.3 / 50.3 us launched as before in
+the same runs. The reduce kernel loading 8 or 16 partial rows at once instead of 4: dwte pass 51.1
+/ 51.5 and 56.7 / 56.7 us (the registers halve its blocks per SM, and most items have 2-3 partials).
+Where the Zipf pass's time goes (a timeline driver stamping each warp with %globaltimer, one run):
+the rows kernel spans 41.5 us (45.3 us by events) and the reduce kernel adds 7.1 us (7.9 us alone,
+3.7 us of it the launch of an empty grid). The warps that drew a chunk (956) read 43 rows on
+average against 14.7 for the others (2,740), finish their chunk at 31 us (median) and end at 39-41
+us, while the others end at 23 us (median), 30 us (90%): the round-robin deal of items gives the
+chunk warps their share of buckets on top of a chunk; dealing the rounds in alternate order (a
+snake) changed nothing (40.9 us). Two ways to use that idle time lost (branch wip/encoder-tree,
+measured once): items drawn from a global counter as warps free up, 61.3 us for the pass (one
+atomic per item on one address: ~22,000 of them serialize), and the split tokens' partials summed
+inside the rows kernel by a fixed binary tree per token (the second of two sibling warps to arrive,
+counted by an atomic, adds the other's row and climbs): 64.7 us, 69.5 us with both. The tree's
+climbs run when the chunks end, 31-34 us into the kernel, up to 7 levels of store, fence, atomic
+and load each, and its code took the kernel from 64 to 90 registers (20 warps per SM instead of 32).
+What the Zipf pass could reach at best: the rows kernel moves ~153 MB (dout, the touched dwte rows
+read and written, the partials) and the reference's 3.87 TB/s for reading dout in plan order puts
+that at ~39.5 us, against 41.5 us measured. With no reduce kernel at all and the rows kernel at
+that rate, the encoder's share (which also carries ~5 us of the layernorm backward's dwpe sums)
+would be ~47 us, 78% on the whole backward's count: the 85% target is out of reach on Zipf tokens
+for this design (every dwte row summed in a fixed order from rows read once). 42.4 us would be 85%.
+
 History (issue 5, dev/cuda/encoder.cu measures every version): before, the forward was one thread
 per element with a division per element and 2-byte loads, and dwte was one block per token with
 scalar loads, so the newline token above serialized ~8,100 rows on one SM; the plan was in token
@@ -114,9 +142,11 @@ on Zipf tokens.
 
 #define ENCODER_COLD_ROWS 32    // a token with at most this many positions: one warp; more: split in chunks
 #define ENCODER_WARP_PACKETS 4  // dwte rows kernel: packets per lane and pass (a row of up to 1024 bf16)
-#define ENCODER_BATCH 4         // dwte reduce kernel: partial rows each thread loads before adding them
 #ifndef ENCODER_REDUCE_PDL
 #define ENCODER_REDUCE_PDL true  // the reduce kernel as a programmatic dependent launch (-D to time without)
+#endif
+#ifndef ENCODER_REDUCE_BATCH
+#define ENCODER_REDUCE_BATCH 4  // dwte reduce kernel: partial rows each thread loads before adding them
 #endif
 
 // V consecutive values of floatX, read or written as one access (16 bytes when V == X128)
@@ -326,14 +356,16 @@ static void encoder_forward(floatX* out, const int* inp, const floatX* wte, cons
 // ---- backward plan (host) -------------------------------------------------------------------
 
 // Host-side grouping of positions by token. `plan` is an int array of 3*B*T + 1 entries laid out as
-// [tokens (n) | starts (n+1) | positions (B*T)] where n, the number of distinct tokens, is returned:
-// bucket k is token tokens[k] at positions[starts[k] .. starts[k+1]), increasing. Buckets are ordered
-// split (more than ENCODER_COLD_ROWS positions) first, then by decreasing count, ties by increasing
-// token id: the kernels rely on the split ones coming first. The positions of a split token carry
-// flags in their top bits (positions are < 2^29 where the plan fits in an int: 3*B*T + 1 < 2^31):
+// [tokens (n) | starts (n+1) | positions (B*T)] where n is the number of distinct tokens: bucket k is
+// token tokens[k] at positions[starts[k] .. starts[k+1]), increasing. Buckets are ordered split
+// (more than ENCODER_COLD_ROWS positions) first, then by decreasing count, ties by increasing token
+// id: the kernels rely on the split ones coming first. The positions of a split token carry flags in
+// their top bits (positions are < 2^29 where the plan fits in an int: 3*B*T + 1 < 2^31):
 // ENCODER_SPLIT_FLAG on each of them, ENCODER_FIRST_FLAG also on its first one; the kernels mask
 // them off with ENCODER_POSITION_MASK. The split positions are so a prefix of `positions`, and a
-// 32-position chunk of it holds at most one first position (a split token has more than 32).
+// 32-position chunk of it holds at most one first position (a split token has more than 32). Returns
+// the plan's counts (EncoderPlanShape), which the launchers take with it: from them they launch chunk
+// items for the split positions only and no reduce kernel when no token is split.
 // O(B*T + V) plus an insertion sort of the split tokens, at most B*T / (ENCODER_COLD_ROWS + 1).
 #define ENCODER_SPLIT_FLAG 0x40000000
 #define ENCODER_FIRST_FLAG ((int)0x80000000u)
@@ -342,8 +374,14 @@ typedef struct {
     int* counts;  // (V) scratch
     int vocab_size;
 } EncoderPlanner;
+// what the launchers need to know of a plan besides the plan itself
+typedef struct {
+    int n;                // distinct tokens (buckets)
+    int splits;           // split buckets (the first ones)
+    int split_positions;  // their positions (a prefix of positions): starts[splits]
+} EncoderPlanShape;
 
-static int encoder_backward_plan(EncoderPlanner* p, const int* inputs, int BT, int* plan) {
+static EncoderPlanShape encoder_backward_plan(EncoderPlanner* p, const int* inputs, int BT, int* plan) {
     int* counts = p->counts;
     memset(counts, 0, sizeof(int) * (size_t)p->vocab_size);
     for (int i = 0; i < BT; i++) counts[inputs[i]]++;
@@ -385,7 +423,8 @@ static int encoder_backward_plan(EncoderPlanner* p, const int* inputs, int BT, i
         for (int i = starts[k]; i < starts[k + 1]; i++) positions[i] |= ENCODER_SPLIT_FLAG;
         positions[starts[k]] |= ENCODER_FIRST_FLAG;
     }
-    return n;
+    const EncoderPlanShape shape = {n, per_class[SPLIT], starts[per_class[SPLIT]]};
+    return shape;
 }
 
 // ---- backward kernels -----------------------------------------------------------------------
@@ -535,17 +574,17 @@ __global__ void __launch_bounds__(256) encoder_backward_wte_rows_kernel(
 // v3 dwte, second kernel: dwte[token] += the partial rows of each split token, in position order
 // (the head in its first chunk's row 2 i0 + 1, then row 2 i of each later chunk i up to its last).
 // Items (split bucket j, tile of 32 W columns), numbered j * tiles + tile; a persistent grid walks
-// them and stops at the first bucket that is not split. In a block, warp g sums the partials
-// g, g + warps, ... in order (ENCODER_BATCH loads in flight), then one warp adds the warps' sums in
-// warp order and updates dwte. W = 4 floats per lane when C % 4 == 0, else 1. Launched as a
-// programmatic dependent launch of the rows kernel (sm_90): its blocks take the SMs as the rows
-// kernel's leave them, and wait here until that kernel has finished and its writes are visible.
+// them. In a block, warp g sums the partials g, g + warps, ... in order (BATCH loads in flight),
+// then one warp adds the warps' sums in warp order and updates dwte, whose values it loads first.
+// W = 4 floats per lane when C % 4 == 0, else 1. Launched as a programmatic dependent launch of the
+// rows kernel (sm_90): its blocks take the SMs as the rows kernel's leave them, and wait here until
+// that kernel has finished and its writes are visible.
 #define ENCODER_REDUCE_THREADS 256
-template <int W>
+template <int W, int BATCH>
 __global__ void __launch_bounds__(ENCODER_REDUCE_THREADS)
     encoder_backward_wte_reduce_kernel(floatX* __restrict__ dwte, const float* __restrict__ scratch,
-                                       const int* __restrict__ tokens, const int* __restrict__ starts, int n, int C,
-                                       int chunk) {
+                                       const int* __restrict__ tokens, const int* __restrict__ starts, int splits,
+                                       int C, int chunk) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.wait;" ::: "memory");
 #endif
@@ -554,17 +593,21 @@ __global__ void __launch_bounds__(ENCODER_REDUCE_THREADS)
     const int tiles = ceil_div(C, 32 * W);
     for (int item = blockIdx.x;; item += gridDim.x) {
         const int j = item / tiles, tile = item % tiles;
-        if (j >= n) break;
+        if (j >= splits) break;
         const int p0 = starts[j], p1 = starts[j + 1];
-        if (p1 - p0 <= ENCODER_COLD_ROWS) break;  // split buckets come first
+        if (p1 - p0 <= ENCODER_COLD_ROWS) break;  // not split (splits was too large): the rows kernel's
         const int i0 = p0 / chunk, parts = (p1 - 1) / chunk - i0 + 1;
         const int c = tile * 32 * W + lane * W;  // c < C implies c + W - 1 < C
+        floatX* out = dwte + (size_t)tokens[j] * C + c;
+        float old[W];
+        if (g == 0 && c < C)
+            for (int e = 0; e < W; e++) old[e] = to_float(out[e]);
         float acc[W] = {};
         if (c < C) {
-            for (int q0 = g; q0 < parts; q0 += ENCODER_BATCH * warps) {
-                float x[ENCODER_BATCH][W];
+            for (int q0 = g; q0 < parts; q0 += BATCH * warps) {
+                float x[BATCH][W];
 #pragma unroll
-                for (int b = 0; b < ENCODER_BATCH; b++) {
+                for (int b = 0; b < BATCH; b++) {
                     const int q = q0 + b * warps;
                     if (q < parts) {
                         const float* row = scratch + (size_t)(q == 0 ? 2 * i0 + 1 : 2 * (i0 + q)) * C + c;
@@ -578,7 +621,7 @@ __global__ void __launch_bounds__(ENCODER_REDUCE_THREADS)
                     }
                 }
 #pragma unroll
-                for (int b = 0; b < ENCODER_BATCH; b++)
+                for (int b = 0; b < BATCH; b++)
                     if (q0 + b * warps < parts)
                         for (int e = 0; e < W; e++) acc[e] += x[b][e];
             }
@@ -586,11 +629,10 @@ __global__ void __launch_bounds__(ENCODER_REDUCE_THREADS)
         for (int e = 0; e < W; e++) warp_sums[threadIdx.x * W + e] = acc[e];
         __syncthreads();
         if (g == 0 && c < C) {
-            floatX* out = dwte + (size_t)tokens[j] * C + c;
             for (int e = 0; e < W; e++) {
                 float sum = 0.0f;
                 for (int gg = 0; gg < warps; gg++) sum += warp_sums[(gg * 32 + lane) * W + e];
-                out[e] = from_float<floatX>(to_float(out[e]) + sum);
+                out[e] = from_float<floatX>(old[e] + sum);
             }
         }
         __syncthreads();  // warp_sums is rewritten by the next item
@@ -768,25 +810,26 @@ static void encoder_backward_wpe_launch(floatX* dwpe, const floatX* dout, int B,
 }
 
 // the dwte reduce kernel after a rows kernel (v3 or v4): a persistent grid over the split tokens'
-// (bucket, column tile) items, none when no token is split
-static void encoder_backward_wte_reduce(floatX* dwte, const float* scratch, const int* plan_device, int n,
-                                        int BT, int C, int chunk, cudaStream_t stream) {
+// (bucket, column tile) items, not launched when no token is split; BATCH partial rows loaded at
+// once by each thread
+template <int BATCH>
+static void encoder_backward_wte_reduce(floatX* dwte, const float* scratch, const int* plan_device,
+                                        const EncoderPlanShape& shape, int C, int chunk, cudaStream_t stream) {
     const int* tokens = plan_device;
-    const int* starts = plan_device + n;
-    const int max_split = BT / (ENCODER_COLD_ROWS + 1) < n ? BT / (ENCODER_COLD_ROWS + 1) : n;
-    if (max_split == 0) return;
+    const int* starts = plan_device + shape.n;
+    if (shape.splits == 0) return;
     const int W = C % 4 == 0 ? 4 : 1;
     int device = 0, sms = 0, per_sm = 0;
     cudaCheck(cudaGetDevice(&device));
     cudaCheck(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
     if (W == 4) {
-        cudaCheck(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, encoder_backward_wte_reduce_kernel<4>,
+        cudaCheck(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, encoder_backward_wte_reduce_kernel<4, BATCH>,
                                                                 ENCODER_REDUCE_THREADS, 0));
     } else {
-        cudaCheck(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, encoder_backward_wte_reduce_kernel<1>,
+        cudaCheck(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, encoder_backward_wte_reduce_kernel<1, BATCH>,
                                                                 ENCODER_REDUCE_THREADS, 0));
     }
-    const long long items = (long long)max_split * ceil_div(C, 32 * W);
+    const long long items = (long long)shape.splits * ceil_div(C, 32 * W);
     const long long resident = (long long)sms * (per_sm > 0 ? per_sm : 1);
     cudaLaunchConfig_t launch = {};
     launch.gridDim = dim3((unsigned)(items < resident ? items : resident));
@@ -797,33 +840,35 @@ static void encoder_backward_wte_reduce(floatX* dwte, const float* scratch, cons
     attribute.val.programmaticStreamSerializationAllowed = ENCODER_REDUCE_PDL ? 1 : 0;
     launch.attrs = &attribute;
     launch.numAttrs = 1;
-    cudaCheck(cudaLaunchKernelEx(&launch, W == 4 ? encoder_backward_wte_reduce_kernel<4>
-                                                 : encoder_backward_wte_reduce_kernel<1>,
-                                 dwte, scratch, tokens, starts, n, C, chunk));
+    cudaCheck(cudaLaunchKernelEx(&launch, W == 4 ? encoder_backward_wte_reduce_kernel<4, BATCH>
+                                                 : encoder_backward_wte_reduce_kernel<1, BATCH>,
+                                 dwte, scratch, tokens, starts, shape.splits, C, chunk));
 }
 
-// dwte pass alone: the rows kernel, then the reduce kernel (plan_device: the plan on the device, n
-// buckets; scratch: encoder_backward_scratch_floats(BT, C) floats). U rows in flight per warp.
+// dwte pass alone: the rows kernel, then the reduce kernel (plan_device: the plan on the device,
+// shape its counts; scratch: encoder_backward_scratch_floats(BT, C) floats). U rows in flight per
+// warp.
 template <int V, int P, int U>
 static void encoder_backward_wte_v3_launch(floatX* dwte, float* scratch, const floatX* dout, const int* plan_device,
-                                           int n, int BT, int C, int warps, cudaStream_t stream) {
+                                           const EncoderPlanShape& shape, int BT, int C, int warps,
+                                           cudaStream_t stream) {
+    const int n = shape.n;
     const int* tokens = plan_device;
     const int* starts = plan_device + n;
     const int* positions = plan_device + 2 * n + 1;
     if (n <= 0) return;
-    // chunks: enough for every position to be split (the kernel stops at the first that is not)
-    const int chunks = BT / (ENCODER_COLD_ROWS + 1) > 0 ? ceil_div(BT, 32) : 0;
+    const int chunks = ceil_div(shape.split_positions, 32);
     encoder_backward_wte_rows_kernel<V, P, U><<<ceil_div(chunks + n, warps), 32 * warps, 0, stream>>>(
         dwte, scratch, dout, tokens, starts, positions, n, BT, chunks, C);
     cudaCheckLast();
-    encoder_backward_wte_reduce(dwte, scratch, plan_device, n, BT, C, 32, stream);
+    encoder_backward_wte_reduce<ENCODER_REDUCE_BATCH>(dwte, scratch, plan_device, shape, C, 32, stream);
 }
 
 // v3 with U rows in flight and `warps` per block of the rows kernel; P (packets per lane and pass)
 // is the smallest that covers C, at most ENCODER_WARP_PACKETS (wider rows take several passes)
 template <int U>
-static void encoder_backward_wte_v3(floatX* dwte, float* scratch, const floatX* dout, const int* plan_device, int n,
-                                    int BT, int C, int warps, cudaStream_t stream) {
+static void encoder_backward_wte_v3(floatX* dwte, float* scratch, const floatX* dout, const int* plan_device,
+                                    const EncoderPlanShape& shape, int BT, int C, int warps, cudaStream_t stream) {
     if (warps < 1 || warps > 8) {
         fprintf(stderr, "encoder_backward_wte_v3: %d warps per block not supported\n", warps);
         exit(1);
@@ -833,21 +878,25 @@ static void encoder_backward_wte_v3(floatX* dwte, float* scratch, const floatX* 
         if (P > ENCODER_WARP_PACKETS) P = ENCODER_WARP_PACKETS;
         switch (P) {
             case 1:
-                encoder_backward_wte_v3_launch<X128, 1, U>(dwte, scratch, dout, plan_device, n, BT, C, warps, stream);
+                encoder_backward_wte_v3_launch<X128, 1, U>(dwte, scratch, dout, plan_device, shape, BT, C, warps,
+                                                          stream);
                 break;
             case 2:
-                encoder_backward_wte_v3_launch<X128, 2, U>(dwte, scratch, dout, plan_device, n, BT, C, warps, stream);
+                encoder_backward_wte_v3_launch<X128, 2, U>(dwte, scratch, dout, plan_device, shape, BT, C, warps,
+                                                          stream);
                 break;
             case 3:
-                encoder_backward_wte_v3_launch<X128, 3, U>(dwte, scratch, dout, plan_device, n, BT, C, warps, stream);
+                encoder_backward_wte_v3_launch<X128, 3, U>(dwte, scratch, dout, plan_device, shape, BT, C, warps,
+                                                          stream);
                 break;
             default:
-                encoder_backward_wte_v3_launch<X128, 4, U>(dwte, scratch, dout, plan_device, n, BT, C, warps, stream);
+                encoder_backward_wte_v3_launch<X128, 4, U>(dwte, scratch, dout, plan_device, shape, BT, C, warps,
+                                                          stream);
                 break;
         }
     } else {
-        encoder_backward_wte_v3_launch<1, ENCODER_WARP_PACKETS, U>(dwte, scratch, dout, plan_device, n, BT, C, warps,
-                                                                   stream);
+        encoder_backward_wte_v3_launch<1, ENCODER_WARP_PACKETS, U>(dwte, scratch, dout, plan_device, shape, BT, C,
+                                                                   warps, stream);
     }
 }
 
@@ -871,13 +920,15 @@ static inline bool encoder_backward_wte_v4_supported(int C, const void* dwte, co
            encoder_bulk_smem(C, warps, S) <= 200 * 1024;
 }
 
-template <int P, int S>
+template <int P, int S, int BATCH>
 static void encoder_backward_wte_v4_launch(floatX* dwte, float* scratch, const floatX* dout, const int* plan_device,
-                                           int n, int BT, int C, int warps, int chunk, cudaStream_t stream) {
+                                           const EncoderPlanShape& shape, int BT, int C, int warps, int chunk,
+                                           cudaStream_t stream) {
+    const int n = shape.n;
     const int* tokens = plan_device;
     const int* starts = plan_device + n;
     const int* positions = plan_device + 2 * n + 1;
-    const int chunks = BT / (ENCODER_COLD_ROWS + 1) > 0 ? ceil_div(BT, chunk) : 0;
+    const int chunks = ceil_div(shape.split_positions, chunk);
     const size_t smem = encoder_bulk_smem(C, warps, S);
     auto kernel = encoder_backward_wte_bulk_kernel<P, S>;
     int device = 0, sms = 0, per_sm = 0;
@@ -890,38 +941,34 @@ static void encoder_backward_wte_v4_launch(floatX* dwte, float* scratch, const f
     kernel<<<work < resident ? work : resident, 32 * warps, smem, stream>>>(dwte, scratch, dout, tokens, starts,
                                                                             positions, n, BT, chunks, chunk, C);
     cudaCheckLast();
-    encoder_backward_wte_reduce(dwte, scratch, plan_device, n, BT, C, chunk, stream);
+    encoder_backward_wte_reduce<BATCH>(dwte, scratch, plan_device, shape, C, chunk, stream);
 }
 
-template <int S>
-static void encoder_backward_wte_v4(floatX* dwte, float* scratch, const floatX* dout, const int* plan_device, int n,
-                                    int BT, int C, int warps, int chunk, cudaStream_t stream) {
-    if (n <= 0) return;
+template <int S, int BATCH>
+static void encoder_backward_wte_v4(floatX* dwte, float* scratch, const floatX* dout, const int* plan_device,
+                                    const EncoderPlanShape& shape, int BT, int C, int warps, int chunk,
+                                    cudaStream_t stream) {
+    if (shape.n <= 0) return;
     if (warps < 1 || warps > 8 || chunk < 1 || chunk > 32) {
         fprintf(stderr, "encoder_backward_wte_v4: %d warps per block, chunks of %d not supported\n", warps, chunk);
         exit(1);
     }
     if (!encoder_backward_wte_v4_supported(C, dwte, dout, scratch, warps, S)) {
-        encoder_backward_wte_v3<1>(dwte, scratch, dout, plan_device, n, BT, C, warps, stream);
+        encoder_backward_wte_v3<1>(dwte, scratch, dout, plan_device, shape, BT, C, warps, stream);
         return;
     }
     switch (encoder_bulk_packets(C)) {
-        case 1:
-            encoder_backward_wte_v4_launch<1, S>(dwte, scratch, dout, plan_device, n, BT, C, warps, chunk, stream);
-            break;
-        case 2:
-            encoder_backward_wte_v4_launch<2, S>(dwte, scratch, dout, plan_device, n, BT, C, warps, chunk, stream);
-            break;
-        case 3:
-            encoder_backward_wte_v4_launch<3, S>(dwte, scratch, dout, plan_device, n, BT, C, warps, chunk, stream);
-            break;
-        case 4:
-            encoder_backward_wte_v4_launch<4, S>(dwte, scratch, dout, plan_device, n, BT, C, warps, chunk, stream);
-            break;
-        default:
-            encoder_backward_wte_v4_launch<ENCODER_BULK_MAX_P, S>(dwte, scratch, dout, plan_device, n, BT, C, warps,
-                                                                  chunk, stream);
-            break;
+#define LLMC_ENCODER_V4_CASE(PACKETS)                                                                       \
+    case PACKETS:                                                                                           \
+        encoder_backward_wte_v4_launch<PACKETS, S, BATCH>(dwte, scratch, dout, plan_device, shape, BT, C, warps, \
+                                                          chunk, stream);                                   \
+        break;
+        LLMC_ENCODER_V4_CASE(1)
+        LLMC_ENCODER_V4_CASE(2)
+        LLMC_ENCODER_V4_CASE(3)
+        LLMC_ENCODER_V4_CASE(4)
+        LLMC_ENCODER_V4_CASE(ENCODER_BULK_MAX_P)
+#undef LLMC_ENCODER_V4_CASE
     }
 }
 
@@ -945,20 +992,21 @@ static void encoder_backward_wpe(floatX* dwpe, const floatX* dout, int B, int T,
     encoder_backward_wpe_launch<4>(dwpe, dout, B, T, C, stream);
 }
 
-static void encoder_backward_wte(floatX* dwte, float* scratch, const floatX* dout, const int* plan_device, int n,
-                                 int BT, int C, cudaStream_t stream) {
-    encoder_backward_wte_v4<ENCODER_WTE_ROWS_IN_FLIGHT>(dwte, scratch, dout, plan_device, n, BT, C, ENCODER_WTE_WARPS,
-                                                        ENCODER_WTE_CHUNK, stream);
+static void encoder_backward_wte(floatX* dwte, float* scratch, const floatX* dout, const int* plan_device,
+                                 const EncoderPlanShape& shape, int BT, int C, cudaStream_t stream) {
+    encoder_backward_wte_v4<ENCODER_WTE_ROWS_IN_FLIGHT, ENCODER_REDUCE_BATCH>(
+        dwte, scratch, dout, plan_device, shape, BT, C, ENCODER_WTE_WARPS, ENCODER_WTE_CHUNK, stream);
 }
 
-// plan_device: the plan copied to the device (same layout), n distinct tokens; scratch:
-// encoder_backward_scratch_floats(B * T, C) floats, free for the duration of the call. dwpe NULL:
-// summed elsewhere (the engine sums it in layer 0's ln1 backward, layernorm_backward_dwpe, which
-// writes this dout: that saves reading dout a second time here).
+// plan_device: the plan copied to the device (same layout), shape: its counts (what
+// encoder_backward_plan returned); scratch: encoder_backward_scratch_floats(B * T, C) floats, free for
+// the duration of the call. dwpe NULL: summed elsewhere (the engine sums it in layer 0's ln1
+// backward, layernorm_backward_dwpe, which writes this dout: that saves reading dout a second time
+// here).
 static void encoder_backward(floatX* dwte, floatX* dwpe, float* scratch, const floatX* dout, const int* plan_device,
-                             int n, int B, int T, int C, cudaStream_t stream) {
+                             const EncoderPlanShape& shape, int B, int T, int C, cudaStream_t stream) {
     if (dwpe != NULL) encoder_backward_wpe(dwpe, dout, B, T, C, stream);
-    encoder_backward_wte(dwte, scratch, dout, plan_device, n, B * T, C, stream);
+    encoder_backward_wte(dwte, scratch, dout, plan_device, shape, B * T, C, stream);
 }
 
 #endif  // LLMC_ENCODER_CUH

@@ -151,7 +151,7 @@ typedef struct {
     int* targets_h;  // (B, T) pinned staging of the targets
     cudaEvent_t upload_done;  // the last upload from the pinned buffers has completed
     int upload_pending;       // upload_done was recorded and not yet waited for
-    int plan_n;
+    EncoderPlanShape plan_shape;  // the plan's counts (distinct tokens, split ones)
     EncoderPlanner planner;
     float* losses_h;  // (B, T) host copy for the mean
     float* norm_d;    // [0] grad norm, [1] grad scale (clipping)
@@ -376,8 +376,8 @@ static int gpt2cu_forward(GPT2CU* model, const int* inputs, const int* targets, 
         cudaCheck(cudaMemcpyAsync(model->targets_d, model->targets_h, BT * sizeof(int), cudaMemcpyHostToDevice, s));
     }
     if (mode == FORWARD_TRAIN) {
-        model->plan_n = encoder_backward_plan(&model->planner, inputs, BT, model->plan_h);
-        cudaCheck(cudaMemcpyAsync(model->plan_d, model->plan_h, (2 * model->plan_n + 1 + BT) * sizeof(int),
+        model->plan_shape = encoder_backward_plan(&model->planner, inputs, BT, model->plan_h);
+        cudaCheck(cudaMemcpyAsync(model->plan_d, model->plan_h, (2 * model->plan_shape.n + 1 + BT) * sizeof(int),
                                   cudaMemcpyHostToDevice, s));
     }
     cudaCheck(cudaEventRecord(model->upload_done, s));
@@ -509,8 +509,8 @@ static int gpt2cu_backward(GPT2CU* model) {
             if (l == 0) dwpe_pending = true;
         }
     }
-    encoder_backward(g->wte, dwpe_pending ? g->wpe : NULL, a->scratch, a->dresidual, model->plan_d, model->plan_n, B,
-                     T, C, s);
+    encoder_backward(g->wte, dwpe_pending ? g->wpe : NULL, a->scratch, a->dresidual, model->plan_d, model->plan_shape,
+                     B, T, C, s);
     model->last_mode = -1;  // dlogits consumed
     return LLMC_OK;
 }

@@ -93,8 +93,15 @@ Versions, backward (all deterministic: the host groups positions by token, encod
                109); the reduce kernel as a programmatic dependent launch (session 6). Session
                6's runs: Zipf 79.4-80.2 us, uniform 84.5-85.6 us with S = 2 and 4 warps per
                block (the engine's; 8 warps level); more rows in flight was slower; chunks of 16
-               positions (the last variant) 88.4 us Zipf, of 8 94.3 us (dropped): the partials
-               cost more than the shorter chains save (llmc/encoder.cuh has the numbers).
+               positions 88.4 us Zipf, of 8 94.3 us (dropped): the partials cost more than the
+               shorter chains save (llmc/encoder.cuh has the numbers). Session 7: the launchers
+               take the plan's counts (chunk items for the split positions only, no reduce kernel
+               when no token is split; the variant "launched as in session 6" does without them):
+               uniform tokens 83.7-84.1 us against 85.7-85.9 us; and the reduce kernel's partial
+               rows loaded at once per thread are a parameter (4, the engine's; 8 and 16 slower).
+               Items drawn from a counter as warps free up, and the split tokens' partials summed
+               by a tree inside the rows kernel, lost (61-70 us for the dwte pass against 50 us:
+               branch wip/encoder-tree, numbers in llmc/encoder.cuh).
   Reference row: every dout row read once in the plan's order, nothing computed or written (bulk
   copies, 2 or 4 rows in flight per warp): 25.6-26.2 us, 91-93% of copy, Zipf and uniform alike.
   What a deterministic dwte pass must at least read. The engine's two passes (dwpe, dwte) are also
@@ -104,7 +111,8 @@ Versions, backward (all deterministic: the host groups positions by token, encod
   alone. These rows time that pair, the layernorm backward alone, and the pair as it was before
   (plain layernorm backward, then both passes), on the same data; the encoder's share is the pair
   less the layernorm backward: 54.5-54.9 us Zipf (66-67% of copy on the whole backward's count),
-  60.2-60.6 us uniform (85%), against 78.1-78.6 / 86.8-87.0 us before (session 6).
+  60.2-60.6 us uniform (85%), against 78.1-78.6 / 86.8-87.0 us before (session 6); session 7
+  (the plan's counts) Zipf 54.6-55.4 us (66-67%), uniform 58.1-58.8 us (88-89%).
 
 Checks: every version against a double-precision CPU reference on fresh random inputs per version
 and shape (values uniform in [-1, 1): the encoder only adds, so their distribution does not matter,
@@ -801,17 +809,23 @@ static void forward_case(const FwdVersion& v, const Shape& s, uint64_t seed, dou
 // ---- backward -------------------------------------------------------------------------------
 
 // v3 and v4: the dwte rows kernel's rows in flight per warp and its warps per block; v4 also the
-// positions of a split token's chunk (v3's are 32)
+// positions of a split token's chunk (v3's are 32), the partial rows each thread of the reduce
+// kernel loads at once, and whether it launches as in session 6, without the plan's counts: chunk
+// items over every position and a reduce grid over every token that could be split
 struct BwdVersion {
-    int version, rows_in_flight, warps, chunk;
+    int version, rows_in_flight, warps, chunk, reduce_batch;
+    bool session6;
 };
-static const BwdVersion BACKWARD_VERSIONS[] = {{1, 0, 0, 0},  {2, 0, 0, 0},  {3, 1, 4, 32}, {3, 2, 4, 32},
-                                               {4, 2, 4, 32}, {4, 2, 8, 32}, {4, 4, 4, 32}, {4, 2, 4, 16}};
+static const BwdVersion BACKWARD_VERSIONS[] = {
+    {1, 0, 0, 0, 0, false},   {2, 0, 0, 0, 0, false},   {3, 1, 4, 32, 4, false},  {3, 2, 4, 32, 4, false},
+    {4, 2, 4, 32, 4, true},   {4, 2, 4, 32, 4, false},  {4, 2, 4, 32, 8, false},  {4, 2, 4, 32, 16, false},
+    {4, 2, 8, 32, ENCODER_REDUCE_BATCH, false}, {4, 4, 4, 32, ENCODER_REDUCE_BATCH, false},
+    {4, 2, 4, 16, ENCODER_REDUCE_BATCH, false}};
 static const int MIN_CHUNK = 16;  // the scratch is sized for the smallest chunk above
 
 static bool backward_is_engine(const BwdVersion& v) {
     return v.version == 4 && v.rows_in_flight == ENCODER_WTE_ROWS_IN_FLIGHT && v.warps == ENCODER_WTE_WARPS &&
-           v.chunk == ENCODER_WTE_CHUNK;
+           v.chunk == ENCODER_WTE_CHUNK && v.reduce_batch == ENCODER_REDUCE_BATCH && !v.session6;
 }
 static std::string backward_name(const BwdVersion& v) {
     std::string name = "v" + std::to_string(v.version);
@@ -823,7 +837,9 @@ static std::string backward_name(const BwdVersion& v) {
     } else if (v.version == 4) {
         name += " (dwte bulk copies, " + std::to_string(v.rows_in_flight) + " rows in flight, " +
                 std::to_string(v.warps) + " warps per block" +
-                (v.chunk == 32 ? "" : ", chunks of " + std::to_string(v.chunk)) + ")";
+                (v.chunk == 32 ? "" : ", chunks of " + std::to_string(v.chunk)) + ", reduce loads " +
+                std::to_string(v.reduce_batch) + " partials at once" +
+                (v.session6 ? ", launched as in session 6" : "") + ")";
     }
     if (backward_is_engine(v)) name += " (engine)";
     return name;
@@ -831,7 +847,8 @@ static std::string backward_name(const BwdVersion& v) {
 
 struct BackwardData {
     Shape s;
-    int n;  // distinct tokens (buckets)
+    int n;                   // distinct tokens (buckets)
+    EncoderPlanShape shape;  // the plan's counts (shape.n == n)
     std::vector<int> tokens;
     std::vector<floatX> dout, dwte0, dwpe0;  // host copies of the inputs
     floatX *d_dout, *d_dwte, *d_dwpe;
@@ -852,7 +869,8 @@ static void backward_data(BackwardData* d, const Shape& s, TokenLaw law, uint64_
     d->tokens = random_tokens(&rng, BT, law);
     std::vector<int> counts(VOCAB), plan(3 * (size_t)BT + 1);
     EncoderPlanner planner = {counts.data(), VOCAB};
-    d->n = encoder_backward_plan(&planner, d->tokens.data(), BT, plan.data());
+    d->shape = encoder_backward_plan(&planner, d->tokens.data(), BT, plan.data());
+    d->n = d->shape.n;
     d->d_dout = bench::to_device(d->dout);
     d->d_dwte = bench::to_device(d->dwte0);
     d->d_dwpe = bench::to_device(d->dwpe0);
@@ -872,9 +890,15 @@ static void backward_free(BackwardData* d) {
     cudaCheck(cudaFree(d->d_scratch));
 }
 
+// v4's dwte pass with its compile-time options
+template <int S, int BATCH>
+static void backward_v4_call(const BwdVersion& v, const BackwardData& d, const EncoderPlanShape& shape) {
+    encoder_backward_wte_v4<S, BATCH>(d.d_dwte, d.d_scratch, d.d_dout, d.d_plan, shape, d.s.B * d.s.T, d.s.C, v.warps,
+                                      v.chunk, 0);
+}
+
 // pass: 0 both (the version's whole backward), 1 dwpe only, 2 dwte only
-// (the engine's entry point, encoder_backward, is v3 with the ENCODER_WPE_BATCH, ..., defines; it is
-// called as such for the version marked "(engine)")
+// (the engine's entry point, encoder_backward, is called as such for the version marked "(engine)")
 static void backward_call(const BwdVersion& v, const BackwardData& d, int pass = 0) {
     const Shape& s = d.s;
     const int BT = s.B * s.T;
@@ -889,33 +913,35 @@ static void backward_call(const BwdVersion& v, const BackwardData& d, int pass =
         return;
     }
     if (pass == 0 && backward_is_engine(v)) {
-        encoder_backward(d.d_dwte, d.d_dwpe, d.d_scratch, d.d_dout, d.d_plan, d.n, s.B, s.T, s.C, 0);
+        encoder_backward(d.d_dwte, d.d_dwpe, d.d_scratch, d.d_dout, d.d_plan, d.shape, s.B, s.T, s.C, 0);
         return;
     }
     if (pass != 2) {
         encoder_backward_wpe(d.d_dwpe, d.d_dout, s.B, s.T, s.C, 0);
     }
     if (pass != 1 && v.version == 4) {
-        switch (v.rows_in_flight) {
-            case 2:
-                encoder_backward_wte_v4<2>(d.d_dwte, d.d_scratch, d.d_dout, d.d_plan, d.n, BT, s.C, v.warps, v.chunk,
-                                           0);
-                break;
-            case 4:
-                encoder_backward_wte_v4<4>(d.d_dwte, d.d_scratch, d.d_dout, d.d_plan, d.n, BT, s.C, v.warps, v.chunk,
-                                           0);
-                break;
-            default:
-                fprintf(stderr, "backward_call: no v4 instance with %d rows in flight\n", v.rows_in_flight);
-                exit(1);
+        EncoderPlanShape shape = d.shape;
+        if (v.session6) {  // the counts the launchers assumed before they were given the plan's
+            const int max_split = BT / (ENCODER_COLD_ROWS + 1);
+            shape.splits = max_split < d.n ? max_split : d.n;
+            shape.split_positions = max_split > 0 ? BT : 0;
+        }
+        if (v.rows_in_flight == 2 && v.reduce_batch == 4) backward_v4_call<2, 4>(v, d, shape);
+        else if (v.rows_in_flight == 2 && v.reduce_batch == 8) backward_v4_call<2, 8>(v, d, shape);
+        else if (v.rows_in_flight == 2 && v.reduce_batch == 16) backward_v4_call<2, 16>(v, d, shape);
+        else if (v.rows_in_flight == 4 && v.reduce_batch == ENCODER_REDUCE_BATCH)
+            backward_v4_call<4, ENCODER_REDUCE_BATCH>(v, d, shape);
+        else {
+            fprintf(stderr, "backward_call: no v4 instance for %s\n", backward_name(v).c_str());
+            exit(1);
         }
     } else if (pass != 1) {
         switch (v.rows_in_flight) {
             case 1:
-                encoder_backward_wte_v3<1>(d.d_dwte, d.d_scratch, d.d_dout, d.d_plan, d.n, BT, s.C, v.warps, 0);
+                encoder_backward_wte_v3<1>(d.d_dwte, d.d_scratch, d.d_dout, d.d_plan, d.shape, BT, s.C, v.warps, 0);
                 break;
             case 2:
-                encoder_backward_wte_v3<2>(d.d_dwte, d.d_scratch, d.d_dout, d.d_plan, d.n, BT, s.C, v.warps, 0);
+                encoder_backward_wte_v3<2>(d.d_dwte, d.d_scratch, d.d_dout, d.d_plan, d.shape, BT, s.C, v.warps, 0);
                 break;
             default:
                 fprintf(stderr, "backward_call: no dwte instance with %d rows in flight\n", v.rows_in_flight);
@@ -1047,11 +1073,11 @@ static void backward_in_training(const Shape& s, TokenLaw law, uint64_t seed, do
     const double ms_now = bench::time_ms([&] {
         layernorm_backward_dwpe(d.d_dout, dweight, dbias, d.d_dwpe, ln_scratch, ln_dout, ln_inp, ln_weight, mean, rstd,
                                 BT, C, s.T, 0);
-        encoder_backward(d.d_dwte, NULL, d.d_scratch, d.d_dout, d.d_plan, d.n, s.B, s.T, C, 0);
+        encoder_backward(d.d_dwte, NULL, d.d_scratch, d.d_dout, d.d_plan, d.shape, s.B, s.T, C, 0);
     });
     const double ms_before = bench::time_ms([&] {
         ln();
-        encoder_backward(d.d_dwte, d.d_dwpe, d.d_scratch, d.d_dout, d.d_plan, d.n, s.B, s.T, C, 0);
+        encoder_backward(d.d_dwte, d.d_dwpe, d.d_scratch, d.d_dout, d.d_plan, d.shape, s.B, s.T, C, 0);
     });
     const double ln_bytes = 4.0 * BT * C * sizeof(floatX) + 8.0 * BT;
     const double enc_bytes = ((double)BT + 2.0 * d.n + 2.0 * s.T) * C * sizeof(floatX) + 4.0 * (BT + 2.0 * d.n + 1);
