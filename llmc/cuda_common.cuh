@@ -88,6 +88,24 @@ static inline void* malloc_check_impl(size_t bytes, const char* file, int line) 
 }
 #define mallocCheck(bytes) malloc_check_impl((bytes), __FILE__, __LINE__)
 
+// Launches kernel<<<grid, block, 0, stream>>>(args...), with pdl as a programmatic dependent launch
+// of the stream's previous kernel (sm_90): its blocks may become resident while that kernel still
+// runs, so the kernel must execute griddepcontrol.wait before it reads what that kernel wrote.
+template <typename... Params, typename... Args>
+static void launch_dependent(void (*kernel)(Params...), dim3 grid, dim3 block, cudaStream_t stream, bool pdl,
+                             Args... args) {
+    cudaLaunchConfig_t launch = {};
+    launch.gridDim = grid;
+    launch.blockDim = block;
+    launch.stream = stream;
+    cudaLaunchAttribute attribute;
+    attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attribute.val.programmaticStreamSerializationAllowed = 1;
+    launch.attrs = &attribute;
+    launch.numAttrs = pdl ? 1 : 0;
+    cudaCheck(cudaLaunchKernelEx(&launch, kernel, args...));
+}
+
 // ----------------------------------------------------------------------------------------------
 // storage type
 

@@ -831,18 +831,9 @@ static void encoder_backward_wte_reduce(floatX* dwte, const float* scratch, cons
     }
     const long long items = (long long)shape.splits * ceil_div(C, 32 * W);
     const long long resident = (long long)sms * (per_sm > 0 ? per_sm : 1);
-    cudaLaunchConfig_t launch = {};
-    launch.gridDim = dim3((unsigned)(items < resident ? items : resident));
-    launch.blockDim = dim3(ENCODER_REDUCE_THREADS);
-    launch.stream = stream;
-    cudaLaunchAttribute attribute;
-    attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attribute.val.programmaticStreamSerializationAllowed = ENCODER_REDUCE_PDL ? 1 : 0;
-    launch.attrs = &attribute;
-    launch.numAttrs = 1;
-    cudaCheck(cudaLaunchKernelEx(&launch, W == 4 ? encoder_backward_wte_reduce_kernel<4, BATCH>
-                                                 : encoder_backward_wte_reduce_kernel<1, BATCH>,
-                                 dwte, scratch, tokens, starts, shape.splits, C, chunk));
+    auto kernel = W == 4 ? encoder_backward_wte_reduce_kernel<4, BATCH> : encoder_backward_wte_reduce_kernel<1, BATCH>;
+    launch_dependent(kernel, dim3((unsigned)(items < resident ? items : resident)), dim3(ENCODER_REDUCE_THREADS),
+                     stream, ENCODER_REDUCE_PDL, dwte, scratch, tokens, starts, shape.splits, C, chunk);
 }
 
 // dwte pass alone: the rows kernel, then the reduce kernel (plan_device: the plan on the device,

@@ -915,16 +915,8 @@ static size_t layernorm_backward_v3_scratch_floats(int N, int C, int teams, int 
 // programmatic dependent launch of it (resident early, waiting at griddepcontrol.wait).
 static void layernorm_backward_finish(floatX* dweight, floatX* dbias, const float* scratch, int parts, int C,
                                       cudaStream_t stream, bool pdl) {
-    cudaLaunchConfig_t launch = {};
-    launch.gridDim = dim3(ceil_div(2 * C, 32));
-    launch.blockDim = dim3(32, 32);
-    launch.stream = stream;
-    cudaLaunchAttribute attribute;
-    attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attribute.val.programmaticStreamSerializationAllowed = 1;
-    launch.attrs = &attribute;
-    launch.numAttrs = pdl ? 1 : 0;
-    cudaCheck(cudaLaunchKernelEx(&launch, layernorm_backward_finish_kernel<32>, dweight, dbias, scratch, parts, C));
+    launch_dependent(layernorm_backward_finish_kernel<32>, dim3(ceil_div(2 * C, 32)), dim3(32, 32), stream, pdl,
+                     dweight, dbias, scratch, parts, C);
 }
 
 // teams and stages: the launch configuration (the engine's: ln3_teams(C, LN3_BWD_THREADS) and
@@ -1361,16 +1353,8 @@ static bool layernorm_backward_v4_dwpe(floatX* dinp, floatX* dweight, floatX* db
     });
     cudaCheckLast();
     layernorm_backward_finish(dweight, dbias, scratch, grid, C, stream, k.pdl);
-    cudaLaunchConfig_t launch = {};
-    launch.gridDim = dim3(ceil_div(T * (C / 4), 256));
-    launch.blockDim = dim3(256);
-    launch.stream = stream;
-    cudaLaunchAttribute attribute;
-    attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attribute.val.programmaticStreamSerializationAllowed = 1;
-    launch.attrs = &attribute;
-    launch.numAttrs = k.pdl ? 1 : 0;
-    cudaCheck(cudaLaunchKernelEx(&launch, layernorm_dwpe_finish_kernel, dwpe, (const float*)pe_partials, m, T, C));
+    launch_dependent(layernorm_dwpe_finish_kernel, dim3(ceil_div(T * (C / 4), 256)), dim3(256), stream, k.pdl, dwpe,
+                     (const float*)pe_partials, m, T, C);
     return true;
 }
 
