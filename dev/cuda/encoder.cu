@@ -98,7 +98,8 @@ Versions, backward (all deterministic: the host groups positions by token, encod
                take the plan's counts (chunk items for the split positions only, no reduce kernel
                when no token is split; the variant "launched as in session 6" does without them):
                uniform tokens 83.7-84.1 us against 85.7-85.9 us; and the reduce kernel's partial
-               rows loaded at once per thread are a parameter (4, the engine's; 8 and 16 slower).
+               rows loaded at once per thread are a parameter (4, the engine's; 8 slower, and 16,
+               dropped: 56.7 us for the Zipf dwte pass against 50).
                Items drawn from a counter as warps free up, and the split tokens' partials summed
                by a tree inside the rows kernel, lost (61-70 us for the dwte pass against 50 us:
                branch wip/encoder-tree, numbers in llmc/encoder.cuh).
@@ -818,7 +819,7 @@ struct BwdVersion {
 };
 static const BwdVersion BACKWARD_VERSIONS[] = {
     {1, 0, 0, 0, 0, false},   {2, 0, 0, 0, 0, false},   {3, 1, 4, 32, 4, false},  {3, 2, 4, 32, 4, false},
-    {4, 2, 4, 32, 4, true},   {4, 2, 4, 32, 4, false},  {4, 2, 4, 32, 8, false},  {4, 2, 4, 32, 16, false},
+    {4, 2, 4, 32, 4, true},   {4, 2, 4, 32, 4, false},  {4, 2, 4, 32, 8, false},
     {4, 2, 8, 32, ENCODER_REDUCE_BATCH, false}, {4, 4, 4, 32, ENCODER_REDUCE_BATCH, false},
     {4, 2, 4, 16, ENCODER_REDUCE_BATCH, false}};
 static const int MIN_CHUNK = 16;  // the scratch is sized for the smallest chunk above
@@ -928,7 +929,6 @@ static void backward_call(const BwdVersion& v, const BackwardData& d, int pass =
         }
         if (v.rows_in_flight == 2 && v.reduce_batch == 4) backward_v4_call<2, 4>(v, d, shape);
         else if (v.rows_in_flight == 2 && v.reduce_batch == 8) backward_v4_call<2, 8>(v, d, shape);
-        else if (v.rows_in_flight == 2 && v.reduce_batch == 16) backward_v4_call<2, 16>(v, d, shape);
         else if (v.rows_in_flight == 4 && v.reduce_batch == ENCODER_REDUCE_BATCH)
             backward_v4_call<4, ENCODER_REDUCE_BATCH>(v, d, shape);
         else {
