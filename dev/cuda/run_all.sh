@@ -12,7 +12,7 @@
 # Exit status: 0 when every program exited 0 and passed its checks, 1 otherwise (the table says
 # FAIL on that program's rows), 2 when the build failed. About 6 minutes on one H200 after the
 # build (attention.cu takes longest, ~2 min: its scalar version 1 and its CPU reference; then
-# encoder.cu, ~1.5 min).
+# encoder.cu, ~2 min).
 set -u -o pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
