@@ -28,22 +28,28 @@ Shared-memory layout: tiles of 64-column panels with the 128-byte swizzle (llmc/
 (BM rows) then STAGES x (K tile, V tile) of BN rows each. Any T >= 1: rows past T are zero-filled
 on load and never written.
 
-Two kernels: fah_forward_kernel, one product after the other (any number of warpgroups a block),
-and fah_forward_pipelined_kernel (one warpgroup a block), which overlaps the exponentials of one
-tile with the P V product of the one before, as FlashAttention-3 does; its TMA option has the
+Three kernels: fah_forward_kernel, one product after the other (any number of warpgroups a
+block); fah_forward_pipelined_kernel (one warpgroup a block), which overlaps the exponentials of
+one tile with the P V product of the one before, as FlashAttention-3 does; its TMA option has the
 Tensor Memory Accelerator copy the tiles (one thread issues a bulk tensor copy per 64-column
 panel, a per-stage mbarrier counts the bytes in), which takes the copies' instructions off the
-warpgroup: the production kernel at HS = 64. Measured on an H200 at
-GPT-2 124M shapes (B*H = 768, T = 1024, HS = 64; dev/cuda/attention.cu, 2026-11-24), forward:
-mma.sync flash kernels 0.43 ms; here 2 warpgroups a block 0.47 ms (they wait for each other at
-every tile), 1 warpgroup 0.37 ms (three independent blocks interleave on a multiprocessor),
-pipelined with 64-key tiles and 4 stages 0.357 ms, the same with TMA copies 0.310-0.321 ms, the
-production choice (FahFwdConfig); cuDNN 0.33-0.34 ms in the same runs. Tried and dropped: a quarter or half of the softmax's exponentials
-from a degree-3 polynomial on the FMA pipe instead of the MUFU unit (fused_classifier.cuh's
-cls4_ex2_poly): 0.427 / 0.507 ms, so this kernel is bound by instruction issue, not by MUFU. At T = 4096 (TMA): 1.04 ms against cuDNN's 0.94, and at HS = 128
-(B*H = 384, T = 1024, cp.async) 0.35 against 0.23: what these kernels still lack is two consumer
-warpgroups taking turns on the tensor cores behind a producer warp (FlashAttention-3's ping-pong),
-which HS = 128 needs for its registers.
+warpgroup; and fah_forward_ws_kernel, the production kernel: FlashAttention-3's warp-specialized
+structure (a producer warpgroup issuing the TMA copies, two consumer warpgroups running the
+pipelined loop on shared 128-key tiles, full/empty mbarriers instead of block barriers), made
+persistent. Measured on an H200 (dev/cuda/attention.cu, 2026-11-24), forward at GPT-2 124M shapes
+(B*H = 768, T = 1024, HS = 64): mma.sync flash kernels 0.43 ms; here 2 warpgroups a block 0.47 ms
+(they wait for each other at every tile), 1 warpgroup 0.37 ms (three independent blocks
+interleave on a multiprocessor), pipelined with 64-key tiles and 4 stages 0.357 ms, the same with
+TMA copies 0.310-0.321 ms; the warp-specialized one 0.313 ms; cuDNN 0.33-0.34 ms in the same runs.
+At HS = 128 (B*H = 384) the one-warpgroup kernels were stuck at 0.35 ms (cuDNN 0.23): a warpgroup
+holding 64 rows of O and of S at HS = 128 leaves registers for two blocks a multiprocessor, and
+each copies its own K/V tiles. The warp-specialized kernel gives the consumers 232 registers and
+one copy of each tile for 128 rows: 0.289 ms with a block per item, 0.254 ms persistent; at
+T = 4096, HS = 64: 1.003 ms against 1.046 (cuDNN 0.918). Tried and dropped: a quarter or half of
+the softmax's exponentials from a degree-3 polynomial on the FMA pipe instead of the MUFU unit
+(fused_classifier.cuh's cls4_ex2_poly): 0.427 / 0.507 ms against 0.355, so these kernels are bound
+by instruction issue, not by MUFU; FlashAttention-3's ping-pong (the two consumers taking turns at
+the tensor cores through named barriers): no gain here (0.254 ms at HS = 128, 0.322 at HS = 64).
 */
 // llmc/attention.cuh includes this file (after its own kernels, before the dispatchers that pick
 // these kernels when the program carries sm_90a code); the include guard comes after that include
@@ -494,6 +500,175 @@ __global__ void __launch_bounds__(128)
 #endif
 }
 
+// The warp-specialized version (FlashAttention-3's structure), persistent. Block: 3 warpgroups.
+// Warpgroup 0 is the producer: one of its threads takes work items (128 query rows of one head)
+// from a global counter and issues the TMA copies of each item's Q (QBUF buffers) and of its K/V
+// tiles into a ring of STAGES stages, waiting on a stage's "empty" mbarrier before refilling it;
+// the warpgroup hands most of its registers to the others (setmaxnreg). Warpgroups 1 and 2 are
+// consumers, 64 of the item's query rows each: they wait on a stage's "full" mbarrier, run the
+// pipelined kernel's loop (S of the next tile in flight while P V of this one runs) and release
+// the stage with one arrival each once its P V product is done. No __syncthreads in the loop: a
+// consumer never waits for the other one, the two share every K/V tile (half the tile copies per
+// query row of one-warpgroup blocks), and the producer fetches the next item's Q and first tiles
+// while the consumers finish the last one (with one block per multiprocessor, a block per item
+// would leave the tensor cores idle at every block's start and end).
+// Items: head-major (the blocks running at one time share a few heads' K and V through L2),
+// heaviest (last) query rows first within a head; taken dynamically, since their work ranges
+// from 1 to T / 128 key tiles. The counter pair resets itself: the last block to finish zeroes it
+// (one launch at a time per device, as on the engine's stream). Which block computes an item
+// does not change its result.
+// Both consumers run every key tile of every item (BN = 128 = their 128 rows; rows past T are
+// computed on whatever the TMA brought and never stored), so the mbarrier counts never depend on T.
+constexpr int FAH_WS_BN = 128;  // key tile = the item's query rows
+
+// registers per thread at entry (__launch_bounds__(384, 1): ptxas needs the count at entry for
+// setmaxnreg) and after the warpgroups trade: 40 + 2 x 232 = 3 x 168 (24 for the producer spills)
+struct FahWsRegs {
+    static constexpr int ENTRY = 168, PRODUCER = 40, CONSUMER = 232;
+};
+
+// [0]: items handed out after each block's first, [1]: blocks finished
+static __device__ int fah_ws_counters[2];
+
+// grid (blocks <= items), block 384 threads; dynamic smem fah_forward_ws_smem<HS, STAGES, QBUF>()
+template <int HS, int STAGES, int QBUF>
+__global__ void __launch_bounds__(384, 1)
+    fah_forward_ws_kernel(fa_bf16* out, float* lse, int T, int H, int items, float scale,
+                          const __grid_constant__ CUtensorMap map_q, const __grid_constant__ CUtensorMap map_kv) {
+#ifdef LLMC_WGMMA
+    static_assert(HS % 64 == 0 && STAGES >= 2 && (QBUF == 1 || QBUF == 2), "64-column panels, 2 stages, 1-2 Q buffers");
+    constexpr int BM = 128, BN = FAH_WS_BN;
+    constexpr uint32_t Q_BYTES = BM * HS * 2, KV_BYTES = BN * HS * 2;
+    extern __shared__ __align__(16) unsigned char fah_smem[];
+    // "full" and "empty" per stage, then per Q buffer
+    __shared__ __align__(8) uint64_t bars[2 * STAGES + 2 * QBUF];
+    __shared__ int item_s[QBUF];  // the item in each Q buffer, -1: no more
+    const uint32_t q_s = (wgmma_smem_u32(fah_smem) + 1023u) & ~1023u;  // Q buffer i at q_s + i Q_BYTES
+    const uint32_t kv_s = q_s + QBUF * Q_BYTES;  // stage st: K at kv_s + 2 st KV_BYTES, V after it
+    const uint32_t full0 = wgmma_smem_u32(bars), empty0 = full0 + 8 * STAGES;
+    const uint32_t qfull0 = empty0 + 8 * STAGES, qempty0 = qfull0 + 8 * QBUF;
+    const int C = H * HS;
+    const int nqb = ceil_div(T, BM);  // items per head
+    // the warpgroup through a shuffle: provably the same across each warp, so ptxas does not
+    // serialize the wgmmas under the role branch
+    const int wg = __shfl_sync(0xffffffffu, (int)threadIdx.x / 128, 0);
+    auto k_stage = [&](int g) { return kv_s + 2 * (g % STAGES) * KV_BYTES; };  // g: tiles since the start
+
+    if (threadIdx.x == 0) {
+        for (int i = 0; i < STAGES; i++) mbar_init(full0 + 8 * i, 1), mbar_init(empty0 + 8 * i, 2);
+        for (int i = 0; i < QBUF; i++) mbar_init(qfull0 + 8 * i, 1), mbar_init(qempty0 + 8 * i, 2);
+        mbar_init_fence();
+    }
+    __syncthreads();
+
+    if (wg == 0) {  // the producer
+        setmaxnreg_dec<FahWsRegs::PRODUCER>();
+        if (threadIdx.x == 0) {
+            int item = blockIdx.x, g = 0;
+            for (int n = 0;; n++) {
+                const int qb = n % QBUF;
+                if (n >= QBUF) mbar_wait(qempty0 + 8 * qb, (n / QBUF - 1) & 1);
+                if (item >= items) {  // tell the consumers, who are waiting for the next Q
+                    item_s[qb] = -1;
+                    mbar_arrive(qfull0 + 8 * qb);
+                    break;
+                }
+                item_s[qb] = item;  // published by the arrival below (release), read after the wait
+                const int bh = item / nqb, b = bh / H, h = bh % H;
+                const int q0 = (nqb - 1 - item % nqb) * BM;
+                const int nkb = (min(q0 + BM, T) - 1) / BN + 1;
+                mbar_expect_tx(qfull0 + 8 * qb, Q_BYTES);
+                fah_tma_tile<BM, HS>(q_s + qb * Q_BYTES, &map_q, h * HS, b * T + q0, qfull0 + 8 * qb);
+                for (int kb = 0; kb < nkb; kb++, g++) {
+                    const int st = g % STAGES;
+                    if (g >= STAGES) mbar_wait(empty0 + 8 * st, (g / STAGES - 1) & 1);
+                    const uint32_t bar = full0 + 8 * st;
+                    mbar_expect_tx(bar, 2 * KV_BYTES);
+#pragma unroll
+                    for (int p = 0; p < HS / 64; p++) {
+                        fah_tma_load(k_stage(g) + p * BN * 128, &map_kv, C + h * HS + p * 64, b * T + kb * BN, bar);
+                        fah_tma_load(k_stage(g) + KV_BYTES + p * BN * 128, &map_kv, 2 * C + h * HS + p * 64,
+                                     b * T + kb * BN, bar);
+                    }
+                }
+                item = gridDim.x + atomicAdd(&fah_ws_counters[0], 1);
+            }
+            if (atomicAdd(&fah_ws_counters[1], 1) == (int)gridDim.x - 1) {  // every block is past its last take
+                fah_ws_counters[0] = 0;
+                fah_ws_counters[1] = 0;
+            }
+        }
+        return;
+    }
+
+    setmaxnreg_inc<FahWsRegs::CONSUMER>();
+    const int c = wg - 1;  // consumer 0 or 1
+    const float sl2 = scale * FA_LOG2E;
+    int g = 0;
+    for (int n = 0;; n++) {
+        const int qb = n % QBUF;
+        mbar_wait(qfull0 + 8 * qb, (n / QBUF) & 1);
+        const int item = *reinterpret_cast<volatile int*>(&item_s[qb]);
+        if (item < 0) break;
+        const int bh = item / nqb, b = bh / H, h = bh % H;
+        const int q0 = (nqb - 1 - item % nqb) * BM;
+        const int nkb = (min(q0 + BM, T) - 1) / BN + 1;
+        const int row_lo = q0 + 64 * c;
+        const uint32_t q_cur = q_s + qb * Q_BYTES;
+
+        float o[HS / 2], s[BN / 2];
+#pragma unroll
+        for (int i = 0; i < HS / 2; i++) o[i] = 0.0f;
+#pragma unroll
+        for (int i = 0; i < BN / 2; i++) s[i] = 0.0f;
+        float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f}, corr[2];
+        uint32_t pa[BN / 16][4];  // P of the tile whose P V product is next
+
+        mbar_wait(full0 + 8 * (g % STAGES), (g / STAGES) & 1);
+        wgmma_fence();
+        fah_issue_abt<HS, BM, BN>(s, q_cur, k_stage(g), c);
+        wgmma_commit();
+        wgmma_wait<0>();
+        wgmma_pin_all(s);
+        fah_mask<BN>(s, 0, row_lo);
+        fah_softmax<BN>(s, m, l, corr, sl2);
+#pragma unroll
+        for (int kk = 0; kk < BN / 16; kk++) wgmma_a_frag(pa[kk], s, kk);
+
+        for (int kb = 0; kb + 1 < nkb; kb++, g++) {
+            mbar_wait(full0 + 8 * ((g + 1) % STAGES), ((g + 1) / STAGES) & 1);
+                wgmma_fence();
+            fah_issue_abt<HS, BM, BN>(s, q_cur, k_stage(g + 1), c);
+            wgmma_commit();
+            fah_issue_pv<HS, BN>(o, pa, k_stage(g) + KV_BYTES);
+            wgmma_commit();
+                wgmma_wait<1>();  // S_kb+1 landed; P_kb V_kb may still run
+            wgmma_pin_all(s);
+            fah_mask<BN>(s, (kb + 1) * BN, row_lo);
+            fah_softmax<BN>(s, m, l, corr, sl2);
+            wgmma_wait<0>();
+            wgmma_pin_all(o);
+            if (threadIdx.x % 128 == 0) mbar_arrive(empty0 + 8 * (g % STAGES));  // done with K_kb and V_kb
+            fah_rescale<HS / 2>(o, corr);
+#pragma unroll
+            for (int kk = 0; kk < BN / 16; kk++) wgmma_a_frag(pa[kk], s, kk);
+        }
+        if (threadIdx.x % 128 == 0) mbar_arrive(qempty0 + 8 * qb);  // every S = Q K^T of the item is done
+        wgmma_fence();
+        fah_issue_pv<HS, BN>(o, pa, k_stage(g) + KV_BYTES);
+        wgmma_commit();
+        wgmma_wait<0>();
+        wgmma_pin_all(o);
+        if (threadIdx.x % 128 == 0) mbar_arrive(empty0 + 8 * (g % STAGES));
+        g++;
+        if (row_lo < T) fah_store<HS>(out, lse, o, m, l, b, bh, h, row_lo, T, C, scale);
+    }
+#else
+    (void)out, (void)lse, (void)T, (void)H, (void)items, (void)scale, (void)map_q, (void)map_kv;
+    __trap();
+#endif
+}
+
 // PIPELINED: fah_forward_pipelined_kernel (NWG must be 1), with Q in registers (QREG) and/or TMA
 // copies (TMA: qkv must be 16-byte aligned with a row stride of a multiple of 16 bytes,
 // fah_tma_aligned); else fah_forward_kernel.
@@ -522,24 +697,51 @@ static void fah_forward(fa_bf16* out, float* lse, const fa_bf16* qkv, int B, int
     cudaCheckLast();
 }
 
+template <int HS, int STAGES, int QBUF>
+static constexpr size_t fah_forward_ws_smem() {
+    return 1024 + (size_t)(128 * QBUF + 2 * STAGES * FAH_WS_BN) * HS * sizeof(fa_bf16);
+}
+
+// fah_forward_ws_kernel; qkv must pass fah_tma_aligned. PERSISTENT: one block per multiprocessor
+// (else one per item, each taking one item)
+template <int HS, int STAGES, int QBUF, bool PERSISTENT = true>
+static void fah_forward_ws(fa_bf16* out, float* lse, const fa_bf16* qkv, int B, int T, int H, cudaStream_t stream) {
+    const size_t smem = fah_forward_ws_smem<HS, STAGES, QBUF>();
+    const float scale = 1.0f / sqrtf((float)HS);
+    auto kernel = fah_forward_ws_kernel<HS, STAGES, QBUF>;
+    static int sms = 0;
+    if (sms == 0) {
+        int device;
+        cudaCheck(cudaGetDevice(&device));
+        cudaCheck(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+        cudaCheck(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    }
+    const int items = ceil_div(T, 128) * B * H;
+    const size_t cols = 3 * (size_t)H * HS, rows = (size_t)B * T;
+    const CUtensorMap map_q = fah_tensor_map(qkv, cols, rows, 64), map_kv = fah_tensor_map(qkv, cols, rows, FAH_WS_BN);
+    kernel<<<PERSISTENT && sms < items ? sms : items, 384, smem, stream>>>(out, lse, T, H, items, scale, map_q, map_kv);
+    cudaCheckLast();
+}
+
 // The production configuration per head size, chosen by timing in dev/cuda/attention.cu (H200,
-// B*H = 768, T = 1024, causal): HS = 64, the TMA kernel with 64-key tiles and 4 stages (0.310 ms;
-// the cp.async one 0.355); HS = 128, the cp.async pipelined kernel with 3 stages (0.347 ms; the TMA
-// one 0.46, not understood yet; with 128-wide tiles smem allows 2-3 blocks per SM either way).
+// causal, 2026-11-24): the warp-specialized persistent kernel, with 6 stages and 2 Q buffers at
+// HS = 64 (B*H = 768, T = 1024: 0.313 ms, the one-warpgroup TMA kernel 0.315, cuDNN 0.331;
+// T = 4096: 1.003 against 1.046, cuDNN 0.918) and 3 stages and one Q buffer at HS = 128 (shared
+// memory allows no more; B*H = 384: 0.254 ms, the one-warpgroup cp.async kernel 0.350, cuDNN
+// 0.229). Without TMA alignment (never in the engine), the cp.async pipelined kernel.
 template <int HS>
 struct FahFwdConfig {
-    static constexpr int BN = 64, STAGES = HS == 64 ? 4 : 3;
-    static constexpr bool TMA = HS == 64;
+    static constexpr int STAGES = HS == 64 ? 6 : 3, QBUF = HS == 64 ? 2 : 1;
+    static constexpr int FALLBACK_STAGES = HS == 64 ? 4 : 3;  // the cp.async kernel's, 64-key tiles
 };
 
 template <int HS>
 static void fah_forward_hs(fa_bf16* out, float* lse, const fa_bf16* qkv, int B, int T, int H, cudaStream_t stream) {
     typedef FahFwdConfig<HS> Cfg;
-    const bool tma_ok = Cfg::TMA && fah_tma_aligned(qkv, 3 * (size_t)H * HS * sizeof(fa_bf16));
-    if (tma_ok) {
-        fah_forward<HS, 1, Cfg::BN, Cfg::STAGES, true, false, true>(out, lse, qkv, B, T, H, stream);
+    if (fah_tma_aligned(qkv, 3 * (size_t)H * HS * sizeof(fa_bf16))) {
+        fah_forward_ws<HS, Cfg::STAGES, Cfg::QBUF>(out, lse, qkv, B, T, H, stream);
     } else {
-        fah_forward<HS, 1, Cfg::BN, Cfg::STAGES, true>(out, lse, qkv, B, T, H, stream);
+        fah_forward<HS, 1, 64, Cfg::FALLBACK_STAGES, true>(out, lse, qkv, B, T, H, stream);
     }
 }
 

@@ -108,6 +108,19 @@ __device__ __forceinline__ void wgmma_pin_all(float (&x)[N]) {
     for (int i = 0; i < N; i++) wgmma_pin(x[i]);
 }
 
+// Warp specialization: a warpgroup hands registers back to the multiprocessor's pool (dec) or takes
+// more from it (inc, waiting until they are free). N: registers per thread, a multiple of 8 in
+// [24, 256]; every thread of the warpgroup executes the same one. ptxas honours them only when the
+// kernel's register count at entry is known: __launch_bounds__ with a minimum number of blocks.
+template <int N>
+__device__ __forceinline__ void setmaxnreg_inc() {
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(N));
+}
+template <int N>
+__device__ __forceinline__ void setmaxnreg_dec() {
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(N));
+}
+
 __device__ __forceinline__ uint32_t wgmma_pack_bf16(float lo, float hi) {
     __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);  // .x (the low half) = lo
     return *reinterpret_cast<uint32_t*>(&v);

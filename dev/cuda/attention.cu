@@ -11,15 +11,16 @@ Build and run (on an sm_90 GPU; the wgmma versions need sm_90a code, which the M
 CMake target add; without it they are skipped and production runs the mma.sync kernels):
     make -C dev/cuda attention && build-dev-cuda/attention          # all versions
     build-dev-cuda/attention 2                                      # one version
-With cuDNN (adds version 21; needs cuDNN 9 + cudnn-frontend, see README.md):
+With cuDNN (adds version 23; needs cuDNN 9 + cudnn-frontend, see README.md):
     cmake -B build -DLLMC_CUDNN=ON && cmake --build build --target dev_cuda_attention
     build/dev_cuda/attention
 Versions (a course from the scalar loop to Hopper's warpgroup tensor cores):
     1  simple: the phase-1 kernels (one thread per row, scalar fp32 FMAs, no tensor cores), the
        fp32 build's kernels, here in bf16
-    2  production (attention_forward / attention_backward): on sm_90a the wgmma kernels (version
-       17's forward at HS = 64, version 12's with 3 stages at HS = 128: FahFwdConfig; version 15's
-       backward with 3 stages and TMA copies: FahBwdConfig), else version 3
+    2  production (attention_forward / attention_backward): on sm_90a the wgmma kernels (the
+       warp-specialized persistent forward, FahFwdConfig: 6 stages and 2 Q buffers at HS = 64, 3
+       stages and 1 at HS = 128; version 15's backward with 3 stages and TMA copies: FahBwdConfig),
+       else version 3
     3  flash mma.sync, FaConfig<HS>: FlashAttention-2 on mma.sync m16n8k16 tensor cores, ldmatrix,
        cp.async double buffering, exp2 online softmax, causal tile skipping, dq in its own kernel
        (deterministic, no atomics). At HS <= 64 each warp owns 2 m-tiles (32 rows): forward
@@ -67,7 +68,8 @@ Versions (a course from the scalar loop to Hopper's warpgroup tensor cores):
        (the pipelined kernel's TMA option): one thread issues a bulk tensor copy per panel, an mbarrier per
        stage counts the bytes in; no per-thread cp.async, address math or proxy fence per tile.
        0.310-0.321 ms at GPT-2 shapes (cuDNN 0.329-0.332, version 12 with 4 stages 0.355): faster
-       than cuDNN; at HS = 128 slower (0.46 ms), so production keeps the cp.async kernel there
+       than cuDNN; at HS = 128 slower (0.46 ms), so production kept the cp.async kernel there;
+       production's forward at HS = 64 until the warp-specialized one (2026-11-24, session 8)
     18 tma 64k 3st: 0.319 ms
     19 128: q as kv: HS = 128's dq kernel with one warpgroup and lag (production uses 2, no lag)
     20 cp.async: production's backward configuration with every thread's cp.async copies instead of
@@ -75,7 +77,20 @@ Versions (a course from the scalar loop to Hopper's warpgroup tensor cores):
        forward's version 17: one thread issues the tiles, fewer registers). (Dropped after one
        run, 2026-11-24, at HS = 128: the dk/dv kernel with 3 stages and lag plus the dq kernel
        of version 19, both on TMA: 1.22 ms against production's 1.17.)
-    21 cuDNN's fused SDPA through llmc/cudnn_attention.h, the engine's backend when built with
+    21-22 the warp-specialized forward (fah_forward_ws_kernel, FlashAttention-3's structure): a
+       producer warpgroup (one thread issuing TMA copies, registers handed to the others with
+       setmaxnreg) and two consumer warpgroups of 64 query rows sharing 128-key tiles, stages
+       handed over by full/empty mbarriers instead of __syncthreads; persistent (one block per
+       SM taking 128-row items from a counter, so the next item's Q and tiles load while the last
+       one finishes). Session 8 runs (H200, fwd ms; HS 64 at T = 1024 / 4096, then HS 128):
+       production's before (versions 17 and 12) 0.315 / 1.046 / 0.350; this kernel one block per
+       item 0.402 / 1.084 / 0.289; persistent 0.313 / 1.003 / 0.254; cuDNN 0.331 / 0.918 / 0.229.
+       (Dropped after one run: FlashAttention-3's ping-pong, the consumers taking turns at the
+       tensor cores through two named barriers: 0.322-0.327 / 1.013 / 0.254, no gain.)
+    21 ws block per item: production's configuration with one block per item (no persistence)
+    22 ws 4st 1q / 2st 2q: 4 stages and 1 Q buffer at HS = 64; 2 stages, 2 Q buffers at HS = 128
+       (0.310 ms there: two stages of 128 keys leave the consumers waiting for copies)
+    23 cuDNN's fused SDPA through llmc/cudnn_attention.h, the engine's backend when built with
        LLMC_CUDNN (only in such a build): the same layouts and stats, deterministic backward
        algorithm; checked and timed like the others, so ours vs cuDNN is one program's ratio. The
        first call at each shape builds cuDNN's graph; the warm-up calls absorb that.
@@ -89,8 +104,8 @@ bf16 inputs, for all heads of the small shapes and for a few sampled heads of th
 error is ||ours - ref|| / ||ref|| per tensor (out, lse, dq, dk, dv) over the checked heads.
 Tolerance 2e-2 for bf16: out and the gradients are rounded to bf16 on store (2^-9 relative per
 element) and P, dS enter the tensor-core products as bf16 (2^-9 each), which accumulates over
-the T keys to a few 1e-3; a wrong mask or a missing tile gives errors of order 1e-1..1. The flash
-backward is also run twice on the same inputs and must be bit-identical.
+the T keys to a few 1e-3; a wrong mask or a missing tile gives errors of order 1e-1..1. Every
+version but the first runs forward and backward twice on the same inputs: both must be bit-identical.
 Timing: CUDA events around each call, 3 warm-up calls, median of 20 (5 for the slow version 1),
 inputs of 300 MB (larger than the 50 MB L2) at the GPT-2 shapes. TFLOP/s count the causal FLOPs
 as half the full ones: forward 4 B H T^2 HS / 2, backward 2.5 x forward (the 5 matrix products
@@ -103,7 +118,7 @@ of FlashAttention-2; our dq kernel does 2 more, which are not counted).
 #include "llmc/attention.cuh"  // defines: attention_forward/backward, the mma.sync and (via
                                 //   attention_hopper*.cuh) the wgmma kernels
 #ifdef LLMC_CUDNN
-#include "llmc/cudnn_attention.h"  // defines: cudnn_attention_forward/backward (version 21)
+#include "llmc/cudnn_attention.h"  // defines: cudnn_attention_forward/backward (version 23)
 #endif
 
 #ifdef LLMC_FP32
@@ -149,6 +164,18 @@ static void hopper_fwd(bf16* out, float* lse, const bf16* qkv, int B, int T, int
                 out, lse, qkv, B, T, H, s);
             break;
         default: fprintf(stderr, "hopper_fwd: head size %d not instantiated\n", C / H); exit(1);
+    }
+}
+
+// the warp-specialized forward (llmc/attention_hopper.cuh, fah_forward_ws_kernel): stages and Q
+// buffers per head size (ST64, QB64 at HS = 64; ST128, QB128 at HS = 128); PERSISTENT: one block
+// per multiprocessor, else one per item
+template <int ST64, int QB64, int ST128, int QB128, bool PERSISTENT>
+static void hopper_fwd_ws(bf16* out, float* lse, const bf16* qkv, int B, int T, int C, int H, cudaStream_t s) {
+    switch (C / H) {
+        case 64: fah_forward_ws<64, ST64, QB64, PERSISTENT>(out, lse, qkv, B, T, H, s); break;
+        case 128: fah_forward_ws<128, ST128, QB128, PERSISTENT>(out, lse, qkv, B, T, H, s); break;
+        default: fprintf(stderr, "hopper_fwd_ws: head size %d not instantiated\n", C / H); exit(1);
     }
 }
 
@@ -211,6 +238,8 @@ static const Version versions[] = {
      hopper_bwd<FahCfgCpAsync<FahBwdConfig<64>::Dkdv>, FahCfgCpAsync<FahBwdConfig<64>::Dq>,
                 FahCfgCpAsync<FahBwdConfig<128>::Dkdv>, FahCfgCpAsync<FahBwdConfig<128>::Dq>>,
      false, 20, true},
+    {"wgmma fwd ws block per item", hopper_fwd_ws<6, 2, 3, 1, false>, attention_backward, false, 20, true},
+    {"wgmma fwd ws 4st 1q / 2st 2q", hopper_fwd_ws<4, 1, 2, 2, true>, attention_backward, false, 20, true},
 #ifdef LLMC_CUDNN
     {"cuDNN (LLMC_CUDNN)", cudnn_fwd, cudnn_bwd, true, 20, false},
 #endif
@@ -373,15 +402,21 @@ static int check_version(int v, int B, int T, int C, int H, int nheads, uint64_t
     std::vector<float> lse = to_host(buf.lse, (size_t)B * H * T);
     const size_t bad = count_nonfinite(out) + count_nonfinite(dqkv) + count_nonfinite(lse);
 
-    // determinism: the backward again on the same inputs, bit for bit
+    // determinism: the forward and the backward again on the same inputs, bit for bit
     int deterministic = 1;
     if (v != 0) {
+        std::vector<bf16> out_first(btc), out_second(btc);
+        cudaCheck(cudaMemcpy(out_first.data(), buf.out, btc * sizeof(bf16), cudaMemcpyDeviceToHost));
+        cudaCheck(cudaMemset(buf.out, 0xFF, btc * sizeof(bf16)));
+        ver.fwd(buf.out, buf.lse, buf.qkv, B, T, C, H, 0);
+        cudaCheck(cudaMemcpy(out_second.data(), buf.out, btc * sizeof(bf16), cudaMemcpyDeviceToHost));
+        deterministic = memcmp(out_first.data(), out_second.data(), btc * sizeof(bf16)) == 0;
         std::vector<bf16> first(3 * btc), second(3 * btc);
         cudaCheck(cudaMemcpy(first.data(), buf.dqkv, 3 * btc * sizeof(bf16), cudaMemcpyDeviceToHost));
         cudaCheck(cudaMemset(buf.dqkv, 0xFF, 3 * btc * sizeof(bf16)));
         ver.bwd(buf.dqkv, buf.delta, buf.dout, buf.out, buf.qkv, buf.lse, B, T, C, H, 0);
         cudaCheck(cudaMemcpy(second.data(), buf.dqkv, 3 * btc * sizeof(bf16), cudaMemcpyDeviceToHost));
-        deterministic = memcmp(first.data(), second.data(), 3 * btc * sizeof(bf16)) == 0;
+        deterministic = deterministic && memcmp(first.data(), second.data(), 3 * btc * sizeof(bf16)) == 0;
     }
     buf.release();
 
@@ -410,7 +445,7 @@ static int check_version(int v, int B, int T, int C, int H, int nheads, uint64_t
     printf("  v%d %-26s B=%-3d T=%-5d H=%-3d HS=%-3d heads %3d | out %.1e lse %.1e dq %.1e dk %.1e dv %.1e | "
            "non-finite %zu | %s | %s\n",
            v + 1, ver.name, B, T, H, HS, n, errs[0], errs[1], errs[2], errs[3], errs[4], bad,
-           v == 0 ? "-" : (deterministic ? "bwd bit-identical" : "bwd NOT DETERMINISTIC"), ok ? "PASS" : "FAIL");
+           v == 0 ? "-" : (deterministic ? "bit-identical" : "NOT DETERMINISTIC"), ok ? "PASS" : "FAIL");
     return ok;
 }
 
