@@ -89,7 +89,7 @@ Versions (a course from the scalar loop to Hopper's warpgroup tensor cores):
        tensor cores through two named barriers: 0.322-0.327 / 1.013 / 0.254, no gain.)
     21 ws block per item: production's configuration with one block per item (no persistence)
     22 ws 4st 1q / 2st 2q: 4 stages and 1 Q buffer at HS = 64; 2 stages, 2 Q buffers at HS = 128
-       (0.310 ms there: two stages of 128 keys leave the consumers waiting for copies)
+       (0.321 ms there: two stages of 128 keys leave the consumers waiting for copies)
     23 cuDNN's fused SDPA through llmc/cudnn_attention.h, the engine's backend when built with
        LLMC_CUDNN (only in such a build): the same layouts and stats, deterministic backward
        algorithm; checked and timed like the others, so ours vs cuDNN is one program's ratio. The
