@@ -176,6 +176,70 @@ __device__ __forceinline__ void fah_issue_pv(float (&o)[HS / 2], const uint32_t 
     for (int kk = 0; kk < BN / 16; kk++) wgmma_rs<HS>(o, pa[kk], wgmma_desc_mnmajor(v_st + kk * 16 * 128, BN * 128), 1);
 }
 
+// A warpgroup's rows before their first key tile: O = 0, running max -inf, sum 0; the scores are
+// zeroed too, though each tile's first product overwrites them (accumulate = 0): see the backward's
+// note on ptxas and accumulators written in place.
+template <int HS, int BN>
+__device__ __forceinline__ void fah_rows_init(float (&o)[HS / 2], float (&s)[BN / 2], float (&m)[2], float (&l)[2]) {
+#pragma unroll
+    for (int i = 0; i < HS / 2; i++) o[i] = 0.0f;
+#pragma unroll
+    for (int i = 0; i < BN / 2; i++) s[i] = 0.0f;
+    m[0] = m[1] = -INFINITY;
+    l[0] = l[1] = 0.0f;
+}
+
+// The pipelined loop (FlashAttention-3's intra-warpgroup overlap) in three steps, shared by the
+// pipelined and the warp-specialized kernels. One warpgroup's 64 rows: o, the running max m and
+// sum l, s the scores of the tile in hand, pa P of the tile whose P V product is next. issue(s)
+// issues the wgmmas of S = Q K^T for a tile (the caller's Q and K). First tile: S, softmax, P.
+template <int BN, class Issue>
+__device__ __forceinline__ void fah_pipe_first(float (&s)[BN / 2], uint32_t (&pa)[BN / 16][4], float (&m)[2],
+                                               float (&l)[2], float (&corr)[2], Issue issue, int row_lo, float sl2) {
+    wgmma_fence();
+    issue(s);
+    wgmma_commit();
+    wgmma_wait<0>();
+    wgmma_pin_all(s);
+    fah_mask<BN>(s, 0, row_lo);
+    fah_softmax<BN>(s, m, l, corr, sl2);
+#pragma unroll
+    for (int kk = 0; kk < BN / 16; kk++) wgmma_a_frag(pa[kk], s, kk);
+}
+
+// S of the next tile (first key k0_next) in flight while O += P V of this one runs (v_st: this
+// tile's V); the next tile's softmax as soon as its scores land; O rescaled once P V is done; P of
+// the next tile. When it returns, this tile's K and V are no longer read.
+template <int HS, int BN, class Issue>
+__device__ __forceinline__ void fah_pipe_step(float (&o)[HS / 2], float (&s)[BN / 2], uint32_t (&pa)[BN / 16][4],
+                                              float (&m)[2], float (&l)[2], float (&corr)[2], Issue issue,
+                                              uint32_t v_st, int k0_next, int row_lo, float sl2) {
+    wgmma_fence();
+    issue(s);
+    wgmma_commit();
+    fah_issue_pv<HS, BN>(o, pa, v_st);
+    wgmma_commit();
+    wgmma_wait<1>();  // S of the next tile landed; P V may still run
+    wgmma_pin_all(s);
+    fah_mask<BN>(s, k0_next, row_lo);
+    fah_softmax<BN>(s, m, l, corr, sl2);
+    wgmma_wait<0>();
+    wgmma_pin_all(o);
+    fah_rescale<HS / 2>(o, corr);
+#pragma unroll
+    for (int kk = 0; kk < BN / 16; kk++) wgmma_a_frag(pa[kk], s, kk);
+}
+
+// the last tile's O += P V
+template <int HS, int BN>
+__device__ __forceinline__ void fah_pipe_last(float (&o)[HS / 2], const uint32_t (&pa)[BN / 16][4], uint32_t v_st) {
+    wgmma_fence();
+    fah_issue_pv<HS, BN>(o, pa, v_st);
+    wgmma_commit();
+    wgmma_wait<0>();
+    wgmma_pin_all(o);
+}
+
 // out rows (normalized by the row sums) and lse of one warpgroup's 64 rows
 template <int HS>
 __device__ __forceinline__ void fah_store(fa_bf16* out, float* lse, const float (&o)[HS / 2], const float (&m)[2],
@@ -303,12 +367,8 @@ __global__ void __launch_bounds__(NWG * 128) fah_forward_kernel(fa_bf16* out, fl
         fa_cp_async_commit();
     }
 
-    float o[HS / 2], s[BN / 2];
-#pragma unroll
-    for (int i = 0; i < HS / 2; i++) o[i] = 0.0f;
-#pragma unroll
-    for (int i = 0; i < BN / 2; i++) s[i] = 0.0f;  // overwritten by each tile's first product (accumulate = 0)
-    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f}, corr[2];
+    float o[HS / 2], s[BN / 2], m[2], l[2], corr[2];
+    fah_rows_init<HS, BN>(o, s, m, l);
 
     for (int kb = 0; kb < nkb; kb++) {
         fa_cp_async_wait<STAGES - 2>();  // this thread's copies of tile kb landed
@@ -422,12 +482,8 @@ __global__ void __launch_bounds__(128)
         }
     }
 
-    float o[HS / 2], s[BN / 2];
-#pragma unroll
-    for (int i = 0; i < HS / 2; i++) o[i] = 0.0f;
-#pragma unroll
-    for (int i = 0; i < BN / 2; i++) s[i] = 0.0f;
-    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f}, corr[2];
+    float o[HS / 2], s[BN / 2], m[2], l[2], corr[2];
+    fah_rows_init<HS, BN>(o, s, m, l);
     uint32_t pa[BN / 16][4];  // P of the tile whose P V product is next
 
     // tile 0: S_0, softmax -> P_0
@@ -444,19 +500,14 @@ __global__ void __launch_bounds__(128)
 #pragma unroll
         for (int kk = 0; kk < HS / 16; kk++) wgmma_a_frag_smem(qf[kk], q_s + (kk / 4) * BM * 128, kk);
     }
-    auto issue_scores = [&](uint32_t k_st) {
-        if constexpr (QREG) fah_issue_scores_qreg<HS, BN>(s, qf, k_st);
-        else fah_issue_abt<HS, BM, BN>(s, q_s, k_st, 0);
+    // S = Q K^T of the tile at k_st, Q from registers or shared memory
+    auto scores_of = [&](uint32_t k_st) {
+        return [&, k_st](float (&acc)[BN / 2]) {
+            if constexpr (QREG) fah_issue_scores_qreg<HS, BN>(acc, qf, k_st);
+            else fah_issue_abt<HS, BM, BN>(acc, q_s, k_st, 0);
+        };
     };
-    wgmma_fence();
-    issue_scores(k_stage(0));
-    wgmma_commit();
-    wgmma_wait<0>();
-    wgmma_pin_all(s);
-    fah_mask<BN>(s, 0, q0);
-    fah_softmax<BN>(s, m, l, corr, sl2);
-#pragma unroll
-    for (int kk = 0; kk < BN / 16; kk++) wgmma_a_frag(pa[kk], s, kk);
+    fah_pipe_first<BN>(s, pa, m, l, corr, scores_of(k_stage(0)), q0, sl2);
 
     for (int kb = 0; kb + 1 < nkb; kb++) {
         // tile kb + 1 must be visible; the stage of tile kb - 1 (its P V waited for) is free
@@ -471,27 +522,10 @@ __global__ void __launch_bounds__(128)
             if (kb + STAGES - 1 < nkb) load_kv(kb + STAGES - 1);
             fa_cp_async_commit();
         }
-
-        wgmma_fence();
-        issue_scores(k_stage(kb + 1));
-        wgmma_commit();
-        fah_issue_pv<HS, BN>(o, pa, k_stage(kb) + KV_BYTES);
-        wgmma_commit();
-        wgmma_wait<1>();  // S_kb+1 landed; P_kb V_kb may still run
-        wgmma_pin_all(s);
-        fah_mask<BN>(s, (kb + 1) * BN, q0);
-        fah_softmax<BN>(s, m, l, corr, sl2);
-        wgmma_wait<0>();
-        wgmma_pin_all(o);
-        fah_rescale<HS / 2>(o, corr);
-#pragma unroll
-        for (int kk = 0; kk < BN / 16; kk++) wgmma_a_frag(pa[kk], s, kk);
+        fah_pipe_step<HS, BN>(o, s, pa, m, l, corr, scores_of(k_stage(kb + 1)), k_stage(kb) + KV_BYTES, (kb + 1) * BN,
+                              q0, sl2);
     }
-    wgmma_fence();
-    fah_issue_pv<HS, BN>(o, pa, k_stage(nkb - 1) + KV_BYTES);
-    wgmma_commit();
-    wgmma_wait<0>();
-    wgmma_pin_all(o);
+    fah_pipe_last<HS, BN>(o, pa, k_stage(nkb - 1) + KV_BYTES);
     if constexpr (!TMA) fa_cp_async_wait<0>();
     fah_store<HS>(out, lse, o, m, l, b, bh, h, q0, T, C, scale);
 #else
@@ -616,49 +650,23 @@ __global__ void __launch_bounds__(384, 1)
         const int row_lo = q0 + 64 * c;
         const uint32_t q_cur = q_s + qb * Q_BYTES;
 
-        float o[HS / 2], s[BN / 2];
-#pragma unroll
-        for (int i = 0; i < HS / 2; i++) o[i] = 0.0f;
-#pragma unroll
-        for (int i = 0; i < BN / 2; i++) s[i] = 0.0f;
-        float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f}, corr[2];
+        float o[HS / 2], s[BN / 2], m[2], l[2], corr[2];
+        fah_rows_init<HS, BN>(o, s, m, l);
         uint32_t pa[BN / 16][4];  // P of the tile whose P V product is next
 
+        auto scores_of = [&](uint32_t k_st) {  // S = Q K^T of the tile at k_st for this consumer's rows
+            return [&, k_st](float (&acc)[BN / 2]) { fah_issue_abt<HS, BM, BN>(acc, q_cur, k_st, c); };
+        };
         mbar_wait(full0 + 8 * (g % STAGES), (g / STAGES) & 1);
-        wgmma_fence();
-        fah_issue_abt<HS, BM, BN>(s, q_cur, k_stage(g), c);
-        wgmma_commit();
-        wgmma_wait<0>();
-        wgmma_pin_all(s);
-        fah_mask<BN>(s, 0, row_lo);
-        fah_softmax<BN>(s, m, l, corr, sl2);
-#pragma unroll
-        for (int kk = 0; kk < BN / 16; kk++) wgmma_a_frag(pa[kk], s, kk);
-
+        fah_pipe_first<BN>(s, pa, m, l, corr, scores_of(k_stage(g)), row_lo, sl2);
         for (int kb = 0; kb + 1 < nkb; kb++, g++) {
             mbar_wait(full0 + 8 * ((g + 1) % STAGES), ((g + 1) / STAGES) & 1);
-                wgmma_fence();
-            fah_issue_abt<HS, BM, BN>(s, q_cur, k_stage(g + 1), c);
-            wgmma_commit();
-            fah_issue_pv<HS, BN>(o, pa, k_stage(g) + KV_BYTES);
-            wgmma_commit();
-                wgmma_wait<1>();  // S_kb+1 landed; P_kb V_kb may still run
-            wgmma_pin_all(s);
-            fah_mask<BN>(s, (kb + 1) * BN, row_lo);
-            fah_softmax<BN>(s, m, l, corr, sl2);
-            wgmma_wait<0>();
-            wgmma_pin_all(o);
-            if (threadIdx.x % 128 == 0) mbar_arrive(empty0 + 8 * (g % STAGES));  // done with K_kb and V_kb
-            fah_rescale<HS / 2>(o, corr);
-#pragma unroll
-            for (int kk = 0; kk < BN / 16; kk++) wgmma_a_frag(pa[kk], s, kk);
+            fah_pipe_step<HS, BN>(o, s, pa, m, l, corr, scores_of(k_stage(g + 1)), k_stage(g) + KV_BYTES,
+                                  (kb + 1) * BN, row_lo, sl2);
+            if (threadIdx.x % 128 == 0) mbar_arrive(empty0 + 8 * (g % STAGES));  // done with K and V of tile g
         }
         if (threadIdx.x % 128 == 0) mbar_arrive(qempty0 + 8 * qb);  // every S = Q K^T of the item is done
-        wgmma_fence();
-        fah_issue_pv<HS, BN>(o, pa, k_stage(g) + KV_BYTES);
-        wgmma_commit();
-        wgmma_wait<0>();
-        wgmma_pin_all(o);
+        fah_pipe_last<HS, BN>(o, pa, k_stage(g) + KV_BYTES);
         if (threadIdx.x % 128 == 0) mbar_arrive(empty0 + 8 * (g % STAGES));
         g++;
         if (row_lo < T) fah_store<HS>(out, lse, o, m, l, b, bh, h, row_lo, T, C, scale);
