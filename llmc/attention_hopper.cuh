@@ -300,6 +300,18 @@ __device__ __forceinline__ void fah_tma_tile(uint32_t dst, const CUtensorMap* ma
             fah_tma_load(dst + p * ROWS * 128 + rb * 64 * 128, map, col0 + p * 64, row0 + rb * 64, bar);
 }
 
+// TMA copies of the K and V rows [row, row + BN) of head h (map_kv: qkv with BN-row boxes, C = H HS)
+// into a stage: K at k_dst, V right after it, both signalling bar
+template <int BN, int HS>
+__device__ __forceinline__ void fah_tma_kv(uint32_t k_dst, const CUtensorMap* map_kv, int C, int h, int row,
+                                           uint32_t bar) {
+#pragma unroll
+    for (int p = 0; p < HS / 64; p++) {
+        fah_tma_load(k_dst + p * BN * 128, map_kv, C + h * HS + p * 64, row, bar);
+        fah_tma_load(k_dst + BN * HS * 2 + p * BN * 128, map_kv, 2 * C + h * HS + p * 64, row, bar);
+    }
+}
+
 // A 2-D TMA descriptor of a row-major bf16 tensor (rows x cols, e.g. qkv: B T rows of 3C) with
 // 64-column x box_rows boxes and the 128-byte swizzle.
 static CUtensorMap fah_tensor_map(const fa_bf16* base, size_t cols, size_t rows, int box_rows) {
@@ -452,12 +464,7 @@ __global__ void __launch_bounds__(128)
             if (producer) {
                 const uint32_t bar = bar0 + 8 * (tile % STAGES);
                 mbar_expect_tx(bar, 2 * KV_BYTES);
-#pragma unroll
-                for (int p = 0; p < HS / 64; p++) {
-                    fah_tma_load(k_stage(tile) + p * BN * 128, &map_kv, C + h * HS + p * 64, b * T + tile * BN, bar);
-                    fah_tma_load(k_stage(tile) + KV_BYTES + p * BN * 128, &map_kv, 2 * C + h * HS + p * 64,
-                                 b * T + tile * BN, bar);
-                }
+                fah_tma_kv<BN, HS>(k_stage(tile), &map_kv, C, h, b * T + tile * BN, bar);
             }
         } else {
             fah_load_tile<BN, HS, NT>(k_stage(tile), kg, ld, tile * BN, T);
@@ -559,6 +566,7 @@ constexpr int FAH_WS_BN = 128;  // key tile = the item's query rows
 // setmaxnreg) and after the warpgroups trade: 40 + 2 x 232 = 3 x 168 (24 for the producer spills)
 struct FahWsRegs {
     static constexpr int ENTRY = 168, PRODUCER = 40, CONSUMER = 232;
+    static_assert(PRODUCER + 2 * CONSUMER <= 3 * ENTRY, "the warpgroups trade registers, the block gets no more");
 };
 
 // [0]: items handed out after each block's first, [1]: blocks finished
@@ -618,12 +626,7 @@ __global__ void __launch_bounds__(384, 1)
                     if (g >= STAGES) mbar_wait(empty0 + 8 * st, (g / STAGES - 1) & 1);
                     const uint32_t bar = full0 + 8 * st;
                     mbar_expect_tx(bar, 2 * KV_BYTES);
-#pragma unroll
-                    for (int p = 0; p < HS / 64; p++) {
-                        fah_tma_load(k_stage(g) + p * BN * 128, &map_kv, C + h * HS + p * 64, b * T + kb * BN, bar);
-                        fah_tma_load(k_stage(g) + KV_BYTES + p * BN * 128, &map_kv, 2 * C + h * HS + p * 64,
-                                     b * T + kb * BN, bar);
-                    }
+                    fah_tma_kv<BN, HS>(k_stage(g), &map_kv, C, h, b * T + kb * BN, bar);
                 }
                 item = gridDim.x + atomicAdd(&fah_ws_counters[0], 1);
             }
