@@ -59,6 +59,29 @@ The 7 products (64 x 64 x 64 per tile pair, diagonal tiles whole) run at ~345 TF
 of the bf16 matrix rate measured on this machine (the table counts FlashAttention's 5: ~230): the
 chains S -> exp -> dV and dP -> dS -> dK of a warpgroup are serial, and the 2-3 warpgroups a
 multiprocessor holds hide only part of them.
+
+Five products, deterministically (FahCfg's DQ, dev/cuda/attention versions 23-24, not production
+yet; 2026-11-24 session 9). The dk/dv kernel also computes dQ = dS K per tile: each warpgroup
+stores its dS^T transposed (stmatrix .trans) into a K-major panel, and warpgroup w multiplies the
+block's panels by K's dims 64w .. 64w + 63 (A and B from shared memory, B MN-major). The dQ of
+query tile qt gets one 64 x 64 fp32 piece per warpgroup from every key block 0 .. kbd (kbd: the
+block holding qt's diagonal), summed in the fixed order kbd, kbd - 1, .., 0: staged in shared
+memory, then one bulk copy (the first) or bulk reduce-add (the others; fp32 adds at L2) into a
+scratch, each issued only when the tile's counter shows the previous contribution completed. A
+block lags the one after it by BKEYS / 64 tiles in that order, so in steady state its turn has
+come. Blocks take (head, key block) items from a counter, each head's shortest loop first: a
+block only waits for items taken before its own, which are running, so no launch order can
+deadlock it. A last kernel converts the sums to bf16 dQ and zeroes the counters.
+Measured (H200, dev/cuda/attention, backward ms; production's 7 products 1.111 / 3.791 / 1.148 at
+GPT-2 shapes / T = 4096 / HS = 128 in the same runs; cuDNN 1.171 / 3.507 / 0.808 in the first):
+1.396 / 4.419 / 1.027 (HS = 64 with 3 stages, HS = 128 with 3): faster than production at
+HS = 128 only. Where the time goes, each part removed in turn (wrong results, timing only), at
+GPT-2 shapes / HS = 128: the waits for the turn 0.35 / 0.05 ms, the conversion kernel (300 MB at
+these shapes) 0.15 / 0.10, the bulk copies ~0.1 / ~0.05; with no dQ written at all the loop takes
+0.987 / 0.628 ms (cuDNN's whole backward: 1.171 / 0.808). What the first form cost (per-thread
+red.global.add.v2.f32 from registers and a __threadfence before each arrival): 1.72 / 1.25 ms.
+Next: a dQ-writer warp (FlashAttention-3's layout) so that no math warp waits for a turn or a
+copy, and the conversion folded into key block 0's contribution.
 */
 #ifndef LLMC_ATTENTION_HOPPER_BWD_CUH
 #define LLMC_ATTENTION_HOPPER_BWD_CUH
@@ -76,9 +99,12 @@ multiprocessor holds hide only part of them.
 // the dk/dv kernel's fp32 lse and D rows still come by cp.async (plain shared loads read them).
 // No per-thread address math or proxy fence per tile, and fewer registers (dk/dv 222 -> 188, dq
 // 157 -> 124 at HS = 64): backward 1.20 -> 1.12 ms at GPT-2 shapes (top comment).
-template <int NWG_, int BT_, int STAGES_, int MINB_ = 1, int LAG_ = 0, int TMA_ = 0>
+// DQ = 1 (dk/dv kernel only, with TMA, no LAG, HS = 64 NWG): the kernel also computes dQ, the
+// fifth product, and adds it into an fp32 scratch in a fixed order (fah_backward_dkdv_kernel's
+// comment); no dq kernel runs.
+template <int NWG_, int BT_, int STAGES_, int MINB_ = 1, int LAG_ = 0, int TMA_ = 0, int DQ_ = 0>
 struct FahCfg {
-    static constexpr int NWG = NWG_, BT = BT_, STAGES = STAGES_, MINB = MINB_, LAG = LAG_, TMA = TMA_;
+    static constexpr int NWG = NWG_, BT = BT_, STAGES = STAGES_, MINB = MINB_, LAG = LAG_, TMA = TMA_, DQ = DQ_;
 };
 
 // 4-byte global -> shared copy (cp.async.ca), zero-filled when !valid
@@ -93,7 +119,79 @@ __device__ __forceinline__ void fah_cp_async4(uint32_t dst, const void* src, boo
 template <int HS, class CFG>
 static constexpr size_t fah_dkdv_smem() {
     return 1024 + (size_t)(2 * 64 * CFG::NWG + 2 * CFG::STAGES * CFG::BT) * HS * sizeof(fa_bf16) +
+           (size_t)CFG::DQ * CFG::NWG * (CFG::BT * 64 * sizeof(fa_bf16) + 64 * 64 * sizeof(float)) +
            2 * CFG::STAGES * CFG::BT * sizeof(float);
+}
+
+// DQ: [0] items handed out, [1] blocks finished (the last one resets both)
+static __device__ int fah_bwd_counters[2];
+
+// A warp's 16 x 16 block of dS^T (rows: keys, columns: queries 16 kk ..; m16n8k16 A fragment
+// layout, wgmma_a_frag) stored transposed (queries as rows) into a K-major 64-key panel of the
+// 128-byte-swizzled layout: each of the four 8 x 8 matrices is one stmatrix .trans row block.
+__device__ __forceinline__ void fah_store_ds(uint32_t panel, const uint32_t (&a)[4], int kk) {
+    const int warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32, m = lane / 8;
+    const int q = 16 * kk + (m >> 1) * 8 + lane % 8, chunk = 2 * warp + (m & 1);
+    const uint32_t addr = panel + q * 128 + ((chunk ^ (q & 7)) << 4);
+    asm volatile("stmatrix.sync.aligned.m8n8.x4.trans.shared.b16 [%0], {%1, %2, %3, %4};\n" ::"r"(addr), "r"(a[0]),
+                 "r"(a[1]), "r"(a[2]), "r"(a[3])
+                 : "memory");
+}
+
+__device__ __forceinline__ int fah_ld_acquire(const int* p) {
+    int v;
+    asm volatile("ld.acquire.gpu.global.b32 %0, [%1];\n" : "=r"(v) : "l"(p) : "memory");
+    return v;
+}
+
+// A warpgroup's 64 x 64 fp32 dQ piece is stored in its accumulator's fragment order: thread
+// (warp, lane)'s four values of column block n (rows 16 warp + g and + 8, columns 8n + 2t, + 1) are
+// the 16 bytes at float offset fah_dq_piece(warp, n, lane), so a warp's stores are 512 contiguous
+// bytes (no bank conflicts) and the piece goes to global memory as one 16 KB bulk copy.
+__device__ __forceinline__ int fah_dq_piece(int warp, int n, int lane) { return ((warp * 8 + n) * 32 + lane) * 4; }
+
+__device__ __forceinline__ void fah_st_shared4(uint32_t addr, float a, float b, float c, float d) {
+    asm volatile("st.shared.v4.f32 [%0], {%1, %2, %3, %4};\n" ::"r"(addr), "f"(a), "f"(b), "f"(c), "f"(d) : "memory");
+}
+
+// the 128 threads of warpgroup wg of NWG <= 2 (named barrier 1 + wg; immediate ids, as a register id
+// makes ptxas reserve all 16 barriers, which leaves one block per multiprocessor)
+template <int NWG>
+__device__ __forceinline__ void fah_bar_wg(int wg) {
+    static_assert(NWG == 1 || NWG == 2, "one or two warpgroups");
+    if (NWG == 1 || wg == 0) {
+        asm volatile("bar.sync 1, 128;\n" ::: "memory");
+    } else {
+        asm volatile("bar.sync 2, 128;\n" ::: "memory");
+    }
+}
+
+// DQ's last step: dQ (bf16, times scale) from the summed pieces, and the counters reset to zero
+// for the next launch. grid (ceil(T / 64) NWG pieces, B H), 256 threads.
+template <int HS>
+__global__ void __launch_bounds__(256) fah_backward_dq_finish_kernel(fa_bf16* dqkv, const float* dq_acc, int* dq_sems,
+                                                                     int T, int H, float scale) {
+    constexpr int NWG = HS / 64;
+    __shared__ float tile[64][64 + 1];
+    const int piece = blockIdx.x, qt = piece / NWG, w = piece % NWG, bh = blockIdx.y, b = bh / H, h = bh % H;
+    const int nqt = ceil_div(T, 64);
+    const float4* src = reinterpret_cast<const float4*>(dq_acc + ((size_t)bh * nqt * NWG + piece) * 4096);
+    for (int f = threadIdx.x; f < 1024; f += 256) {
+        const float4 v = __ldcs(src + f);
+        const int lane = f % 32, n = (f / 32) % 8, warp = f / 256, g = lane / 4, t = lane % 4;
+        const int r = warp * 16 + g, c = 8 * n + 2 * t;
+        tile[r][c] = v.x, tile[r][c + 1] = v.y, tile[r + 8][c] = v.z, tile[r + 8][c + 1] = v.w;
+    }
+    __syncthreads();
+    for (int chunk = threadIdx.x; chunk < 64 * 8; chunk += 256) {
+        const int r = chunk / 8, c = 8 * (chunk % 8), i = qt * 64 + r;
+        if (i >= T) continue;
+        alignas(16) __nv_bfloat162 packed[4];
+        for (int k = 0; k < 4; k++) packed[k] = __floats2bfloat162_rn(tile[r][c + 2 * k] * scale, tile[r][c + 2 * k + 1] * scale);
+        *reinterpret_cast<uint4*>(dqkv + ((size_t)b * T + i) * 3 * H * HS + h * HS + w * 64 + c) =
+            *reinterpret_cast<const uint4*>(packed);
+    }
+    if (threadIdx.x == 0 && w == 0) dq_sems[(size_t)bh * nqt + qt] = 0;
 }
 
 // grid (ceil(T / (64 NWG)), B * H), block 128 NWG threads; dynamic smem fah_dkdv_smem<HS, CFG>()
@@ -101,10 +199,12 @@ template <int HS, class CFG>
 __global__ void __launch_bounds__(CFG::NWG * 128, CFG::MINB)
     fah_backward_dkdv_kernel(fa_bf16* dqkv, const float* delta, const fa_bf16* dout, const fa_bf16* qkv,
                              const float* lse, int T, int H, float scale, const __grid_constant__ CUtensorMap map_qkv,
-                             const __grid_constant__ CUtensorMap map_do) {
+                             const __grid_constant__ CUtensorMap map_do, float* dq_acc, int* dq_sems) {
 #ifdef LLMC_WGMMA
     constexpr int NWG = CFG::NWG, BQ = CFG::BT, STAGES = CFG::STAGES, LAG = CFG::LAG;
+    constexpr bool DQ = CFG::DQ;
     static_assert(HS % 64 == 0 && BQ % 64 == 0, "64-column panels, 64-query multiples");
+    static_assert(!DQ || (CFG::TMA && LAG == 0 && HS == 64 * NWG && BQ == 64), "DQ: TMA, no lag, 64 dims per warpgroup");
     static_assert(STAGES >= 2 + LAG && (LAG == 0 || LAG == 1), "a stage for the tile in use, one per tile ahead");
     constexpr int AHEAD = STAGES - 1 - LAG;  // tiles in flight ahead of the one in use
     constexpr int BKEYS = 64 * NWG, NT = 128 * NWG;
@@ -114,15 +214,26 @@ __global__ void __launch_bounds__(CFG::NWG * 128, CFG::MINB)
     const uint32_t k_s = (base + 1023u) & ~1023u;  // the swizzle repeats every 1024 bytes
     const uint32_t v_s = k_s + KV_BYTES;
     const uint32_t qd_s = v_s + KV_BYTES;               // stage st: Q tile at qd_s + 2 st T_BYTES, dO after it
-    const uint32_t ld_s = qd_s + 2 * STAGES * T_BYTES;  // stage st: BQ lse at ld_s + 8 st BQ, BQ D after them
+    const uint32_t ds_s = qd_s + 2 * STAGES * T_BYTES;  // DQ: dS, a BQ x 64 panel per warpgroup
+    const uint32_t dq_s = ds_s + DQ * NWG * BQ * 128;   // DQ: a 64 x 64 fp32 dQ piece per warpgroup
+    const uint32_t ld_s = dq_s + DQ * NWG * 16384;      // stage st: BQ lse at ld_s + 8 st BQ, BQ D after them
     const float* ld_p = reinterpret_cast<const float*>(fah_smem + (ld_s - base));
     __shared__ __align__(8) uint64_t bars[STAGES + 1];  // TMA: one per stage, then K and V's
     const uint32_t bar0 = wgmma_smem_u32(bars), kv_bar = bar0 + 8 * STAGES;
     const bool producer = threadIdx.x == 0;
 
     const int C = H * HS;
-    const int bh = blockIdx.y, b = bh / H, h = bh % H;
-    const int k0 = blockIdx.x * BKEYS;  // blocks of the first keys (the longest loops) first
+    const int nkb = ceil_div(T, BKEYS), nqt_all = ceil_div(T, BQ);
+    // DQ: blocks take (head, key block) items from a counter, a head's last key block (the shortest
+    // loop) first, so the blocks a dQ sum waits for were taken earlier and are running (above)
+    __shared__ int item_s;
+    if constexpr (DQ) {
+        if (threadIdx.x == 0) item_s = atomicAdd(&fah_bwd_counters[0], 1);
+        __syncthreads();
+    }
+    const int bh = DQ ? item_s / nkb : blockIdx.y, b = bh / H, h = bh % H;
+    const int kb = DQ ? nkb - 1 - item_s % nkb : blockIdx.x;  // else blocks of the first keys (the longest loops) first
+    const int k0 = kb * BKEYS;
     const size_t ld = 3 * (size_t)C;
     const fa_bf16* qg = qkv + (size_t)b * T * ld + (size_t)h * HS;
     const fa_bf16* dog = dout + (size_t)b * T * C + (size_t)h * HS;
@@ -131,7 +242,7 @@ __global__ void __launch_bounds__(CFG::NWG * 128, CFG::MINB)
     const int wg = threadIdx.x / 128, warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
     const int g = lane / 4, t = lane % 4;
     const int kw = k0 + wg * 64;  // the warpgroup's first key
-    const int qt0 = k0 / BQ, nqt = (T + BQ - 1) / BQ - qt0;
+    const int qt0 = k0 / BQ, nqt = nqt_all - qt0;
     const float sl2 = scale * FA_LOG2E;
 
     // copies of query tile qt (Q, dO, lse, D) into stage st
@@ -177,7 +288,10 @@ __global__ void __launch_bounds__(CFG::NWG * 128, CFG::MINB)
     // them with ordinary instructions instead makes ptxas serialize the wgmmas when LAG = 1). A
     // warpgroup with keys before T computes at least its diagonal tile.
     float dk[HS / 2], dv[HS / 2], s[BQ / 2], dp[BQ / 2];
+    float dq[DQ ? 32 : 1];  // DQ: this tile's dQ, the warpgroup's 64 dims
     int acc = 0;  // dK, dV hold a sum
+    int* pending = NULL;  // DQ, a warpgroup's leader: the counter to arrive at once the last bulk copy completed
+    const bool leader = threadIdx.x % 128 == 0;
 
     for (int it = 0; it < nqt; it++) {
         fa_cp_async_wait<AHEAD - 1>();  // this thread's copies of tile it landed
@@ -196,8 +310,10 @@ __global__ void __launch_bounds__(CFG::NWG * 128, CFG::MINB)
         fa_cp_async_commit();  // possibly empty: keeps one group per tile for the wait above
 
         const int i0 = (qt0 + it) * BQ;
-        if (i0 + BQ - 1 < kw || kw >= T) continue;  // every query of the tile is before this warpgroup's keys
-        // (skipped tiles all come first: with LAG no product of an earlier tile is still running)
+        // every query of the tile is before this warpgroup's keys: skipped (they all come first: with
+        // LAG no product of an earlier tile is still running); DQ computes them (P = 0 there), as the
+        // block's dQ sum needs every warpgroup
+        if (!DQ && (i0 + BQ - 1 < kw || kw >= T)) continue;
         const int st = it % STAGES;
         const uint32_t q_st = qd_s + 2 * st * T_BYTES, do_st = q_st + T_BYTES;
         const float* lse_st = ld_p + st * 2 * BQ;
@@ -209,6 +325,12 @@ __global__ void __launch_bounds__(CFG::NWG * 128, CFG::MINB)
         wgmma_commit();
         fah_issue_abt<HS, BKEYS, BQ>(dp, v_s, do_st, wg);
         wgmma_commit();
+        if (DQ && leader && pending != NULL) {  // DQ: the last tile's copy has completed (and freed its buffer)
+            bulk_wait<0>();
+            __threadfence();
+            atomicAdd(pending, 1);
+            pending = NULL;
+        }
         wgmma_wait<1>();  // S^T (and the last tile's products) done, dP^T may still run
         wgmma_pin_all(s);
 
@@ -262,11 +384,67 @@ __global__ void __launch_bounds__(CFG::NWG * 128, CFG::MINB)
             wgmma_rs<HS>(dk, da[kk], wgmma_desc_mnmajor(q_st + kk * 16 * 128, BQ * 128), acc | kk);
         wgmma_commit();
         acc = 1;
-        if (LAG == 0) {
+        if (LAG == 0 && !DQ) {
             wgmma_wait<0>();  // before the next barrier lets this stage be overwritten
             wgmma_pin_all(dk);
             wgmma_pin_all(dv);
         }
+        if constexpr (DQ) {
+            // dQ (BQ x HS) of this tile from the block's keys = dS K; dS is every warpgroup's dS^T,
+            // transposed into its 64-key panel; warpgroup w computes dims 64w .. 64w + 63
+#pragma unroll
+            for (int kk = 0; kk < BQ / 16; kk++) fah_store_ds(ds_s + wg * BQ * 128, da[kk], kk);
+            fence_proxy_async();
+            __syncthreads();
+            wgmma_fence();
+#pragma unroll
+            for (int p = 0; p < NWG; p++)
+#pragma unroll
+                for (int kk = 0; kk < 4; kk++)
+                    wgmma_ss_mnb<64>(dq, wgmma_desc_kmajor(ds_s + p * BQ * 128 + kk * 32),
+                                     wgmma_desc_mnmajor(k_s + wg * BKEYS * 128 + (p * 64 + kk * 16) * 128, BKEYS * 128),
+                                     p > 0 || kk > 0);
+            wgmma_commit();
+            // Query tile qt's dQ is summed over key blocks kbd (its diagonal), kbd - 1, .., 0 in that
+            // order, a 64 x 64 fp32 piece per warpgroup in dq_acc (in the accumulator's fragment
+            // order: fah_dq_piece): the first contribution is stored, the others added by bulk
+            // reduce-adds at L2, each after the one before has completed: a warpgroup's leader waits
+            // until the tile's counter shows turn x NWG arrivals, and arrives once its own bulk copy
+            // has completed, which it checks in the next tile once S^T and dP^T are issued (the copy
+            // runs behind them). fah_backward_dq_finish_kernel converts the sums to bf16 dQ.
+            const int qt = qt0 + it;
+            const int turn = min((i0 + BQ - 1) / BKEYS, nkb - 1) - kb;
+            const uint32_t stage = dq_s + wg * 16384;
+            wgmma_wait<0>();
+            wgmma_pin_all(dq);
+            wgmma_pin_all(dk);
+            wgmma_pin_all(dv);
+            fah_bar_wg<NWG>(wg);  // the staging buffer is free
+#pragma unroll
+            for (int n = 0; n < 8; n++)
+                fah_st_shared4(stage + fah_dq_piece(warp, n, lane) * 4, dq[4 * n], dq[4 * n + 1], dq[4 * n + 2], dq[4 * n + 3]);
+            fence_proxy_async();
+            fah_bar_wg<NWG>(wg);  // the piece is staged
+            if (leader) {
+                int* sem = dq_sems + (size_t)bh * nqt_all + qt;
+                if (turn > 0)
+                    while (fah_ld_acquire(sem) < turn * NWG) {
+                    }
+                float* dst = dq_acc + (((size_t)bh * nqt_all + qt) * NWG + wg) * 4096;
+                if (turn == 0) {
+                    bulk_store_s2g(dst, stage, 16384);
+                } else {
+                    bulk_reduce_add_f32_s2g(dst, stage, 16384);
+                }
+                bulk_commit();
+                pending = sem;
+            }
+        }
+    }
+    if (DQ && leader && pending != NULL) {  // the last copy completes before the block (and its shared memory) ends
+        bulk_wait<0>();
+        __threadfence();
+        atomicAdd(pending, 1);
     }
     fa_cp_async_wait<0>();
     wgmma_wait<0>();
@@ -288,8 +466,15 @@ __global__ void __launch_bounds__(CFG::NWG * 128, CFG::MINB)
             }
         }
     }
+    if constexpr (DQ) {
+        if (threadIdx.x == 0 && atomicAdd(&fah_bwd_counters[1], 1) == (int)gridDim.x - 1) {  // every item taken
+            fah_bwd_counters[0] = 0;
+            fah_bwd_counters[1] = 0;
+        }
+    }
 #else
     (void)dqkv, (void)delta, (void)dout, (void)qkv, (void)lse, (void)T, (void)H, (void)scale, (void)map_qkv, (void)map_do;
+    (void)dq_acc, (void)dq_sems;
     __trap();
 #endif
 }
@@ -486,8 +671,32 @@ struct FahBwdConfig<128> {
     typedef FahCfg<2, 64, 2, 1, 0, 1> Dq;
 };
 
+// DQ's scratch: dQ's fp32 partial sums (B H T HS floats) and one arrival counter per 64-query tile
+// (B H ceil(T / 64) ints, zero between launches: each tile's last contribution resets its counter).
+// Kept across calls, grown (and the counters zeroed) when a larger shape comes.
+struct FahDqScratch {
+    float* acc;
+    int* sems;
+};
+static FahDqScratch fah_dq_scratch(size_t acc_floats, size_t sems) {
+    static FahDqScratch s = {NULL, NULL};
+    static size_t acc_cap = 0, sems_cap = 0;
+    if (acc_floats > acc_cap) {
+        cudaCheck(cudaFree(s.acc));
+        cudaCheck(cudaMalloc(&s.acc, acc_floats * sizeof(float)));
+        acc_cap = acc_floats;
+    }
+    if (sems > sems_cap) {
+        cudaCheck(cudaFree(s.sems));
+        cudaCheck(cudaMalloc(&s.sems, sems * sizeof(int)));
+        cudaCheck(cudaMemset(s.sems, 0, sems * sizeof(int)));
+        sems_cap = sems;
+    }
+    return s;
+}
+
 // Same meaning as fa_backward (llmc/attention.cuh): dqkv (B, T, 3C) written, delta (B, H, T)
-// scratch. KV, Q: FahCfg of the dk/dv and the dq kernel.
+// scratch. KV, Q: FahCfg of the dk/dv and the dq kernel (Q unused when KV::DQ).
 template <int HS, class KV, class Q>
 static void fah_backward(fa_bf16* dqkv, float* delta, const fa_bf16* dout, const fa_bf16* out, const fa_bf16* qkv,
                          const float* lse, int B, int T, int H, cudaStream_t stream) {
@@ -504,8 +713,19 @@ static void fah_backward(fa_bf16* dqkv, float* delta, const fa_bf16* dout, const
         map_qkv = fah_tensor_map(qkv, 3 * (size_t)H * HS, (size_t)B * T, 64);
         map_do = fah_tensor_map(dout, (size_t)H * HS, (size_t)B * T, 64);
     }
+    if constexpr (KV::DQ) {
+        const FahDqScratch scratch = fah_dq_scratch((size_t)B * H * T * HS, (size_t)B * H * ceil_div(T, KV::BT));
+        const unsigned blocks = (unsigned)(ceil_div(T, 64 * KV::NWG) * B * H);
+        fah_backward_dkdv_kernel<HS, KV><<<blocks, KV::NWG * 128, smem_kv, stream>>>(
+            dqkv, delta, dout, qkv, lse, T, H, scale, map_qkv, map_do, scratch.acc, scratch.sems);
+        cudaCheckLast();
+        fah_backward_dq_finish_kernel<HS><<<dim3(ceil_div(T, 64) * KV::NWG, B * H), 256, 0, stream>>>(
+            dqkv, scratch.acc, scratch.sems, T, H, scale);
+        cudaCheckLast();
+        return;
+    }
     fah_backward_dkdv_kernel<HS, KV><<<dim3(ceil_div(T, 64 * KV::NWG), B * H), KV::NWG * 128, smem_kv, stream>>>(
-        dqkv, delta, dout, qkv, lse, T, H, scale, map_qkv, map_do);
+        dqkv, delta, dout, qkv, lse, T, H, scale, map_qkv, map_do, NULL, NULL);
     cudaCheckLast();
     const size_t smem_q = fah_dq_smem<HS, Q>();
     cudaCheck(cudaFuncSetAttribute(fah_backward_dq_kernel<HS, Q>, cudaFuncAttributeMaxDynamicSharedMemorySize,
@@ -517,7 +737,7 @@ static void fah_backward(fa_bf16* dqkv, float* delta, const fa_bf16* dout, const
 
 // the same configuration with cp.async copies (for tensors TMA cannot address)
 template <class CFG>
-using FahCfgCpAsync = FahCfg<CFG::NWG, CFG::BT, CFG::STAGES, CFG::MINB, CFG::LAG, 0>;
+using FahCfgCpAsync = FahCfg<CFG::NWG, CFG::BT, CFG::STAGES, CFG::MINB, CFG::LAG, 0, 0>;
 
 // the production configuration of head size HS
 template <int HS>

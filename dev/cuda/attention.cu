@@ -11,7 +11,7 @@ Build and run (on an sm_90 GPU; the wgmma versions need sm_90a code, which the M
 CMake target add; without it they are skipped and production runs the mma.sync kernels):
     make -C dev/cuda attention && build-dev-cuda/attention          # all versions
     build-dev-cuda/attention 2                                      # one version
-With cuDNN (adds version 23; needs cuDNN 9 + cudnn-frontend, see README.md):
+With cuDNN (adds version 25; needs cuDNN 9 + cudnn-frontend, see README.md):
     cmake -B build -DLLMC_CUDNN=ON && cmake --build build --target dev_cuda_attention
     build/dev_cuda/attention
 Versions (a course from the scalar loop to Hopper's warpgroup tensor cores):
@@ -90,7 +90,17 @@ Versions (a course from the scalar loop to Hopper's warpgroup tensor cores):
     21 ws block per item: production's configuration with one block per item (no persistence)
     22 ws 4st 1q / 2st 2q: 4 stages and 1 Q buffer at HS = 64; 2 stages, 2 Q buffers at HS = 128
        (0.321 ms there: two stages of 128 keys leave the consumers waiting for copies)
-    23 cuDNN's fused SDPA through llmc/cudnn_attention.h, the engine's backend when built with
+    23-24 the backward in 5 matrix products instead of 7, still deterministic (FahCfg's DQ: the
+       dk/dv kernel also computes dQ = dS K and adds it, one 64 x 64 fp32 piece per warpgroup and
+       tile, by bulk reduce-adds in a fixed key-block order kept by per-tile counters; a last
+       kernel converts to bf16; llmc/attention_hopper_bwd.cuh's comment has the design). 2026-11-24
+       session 9 (backward ms at GPT-2 shapes / T = 4096 / HS = 128): 1.396 / 4.419 / 1.105 with
+       3 stages at HS = 64 and 2 at HS = 128, 1.512 / 4.963 / 1.032 with 2 and 3; production
+       1.111 / 3.791 / 1.148. Faster at HS = 128 only so far: the turns and the conversion cost
+       more than the two products saved (0.35 and 0.15 ms at GPT-2 shapes).
+    23 fused dq 3st / 2st: 3 stages at HS = 64, 2 at HS = 128
+    24 fused dq 2st / 3st: 2 stages at HS = 64, 3 at HS = 128
+    25 cuDNN's fused SDPA through llmc/cudnn_attention.h, the engine's backend when built with
        LLMC_CUDNN (only in such a build): the same layouts and stats, deterministic backward
        algorithm; checked and timed like the others, so ours vs cuDNN is one program's ratio. The
        first call at each shape builds cuDNN's graph; the warm-up calls absorb that.
@@ -240,6 +250,10 @@ static const Version versions[] = {
      false, 20, true},
     {"wgmma fwd ws block per item", hopper_fwd_ws<6, 2, 3, 1, false>, attention_backward, false, 20, true},
     {"wgmma fwd ws 4st 1q / 2st 2q", hopper_fwd_ws<4, 1, 2, 2, true>, attention_backward, false, 20, true},
+    {"wgmma bwd fused dq 3st / 2st", attention_forward,
+     hopper_bwd<FahCfg<1, 64, 3, 1, 0, 1, 1>, FahBwdConfig<64>::Dq, FahCfg<2, 64, 2, 1, 0, 1, 1>>, false, 20, true},
+    {"wgmma bwd fused dq 2st / 3st", attention_forward,
+     hopper_bwd<FahCfg<1, 64, 2, 1, 0, 1, 1>, FahBwdConfig<64>::Dq, FahCfg<2, 64, 3, 1, 0, 1, 1>>, false, 20, true},
 #ifdef LLMC_CUDNN
     {"cuDNN (LLMC_CUDNN)", cudnn_fwd, cudnn_bwd, true, 20, false},
 #endif
