@@ -671,9 +671,9 @@ struct FahBwdConfig<128> {
     typedef FahCfg<2, 64, 2, 1, 0, 1> Dq;
 };
 
-// DQ's scratch: dQ's fp32 partial sums (B H T HS floats) and one arrival counter per 64-query tile
-// (B H ceil(T / 64) ints, zero between launches: each tile's last contribution resets its counter).
-// Kept across calls, grown (and the counters zeroed) when a larger shape comes.
+// DQ's scratch: dQ's fp32 partial sums in whole 64-row tiles (B H ceil(T / 64) 64 HS floats) and one
+// arrival counter per tile (B H ceil(T / 64) ints, zero between launches: the finish kernel resets
+// them). Kept across calls, grown (and the counters zeroed) when a larger shape comes.
 struct FahDqScratch {
     float* acc;
     int* sems;
@@ -714,7 +714,8 @@ static void fah_backward(fa_bf16* dqkv, float* delta, const fa_bf16* dout, const
         map_do = fah_tensor_map(dout, (size_t)H * HS, (size_t)B * T, 64);
     }
     if constexpr (KV::DQ) {
-        const FahDqScratch scratch = fah_dq_scratch((size_t)B * H * T * HS, (size_t)B * H * ceil_div(T, KV::BT));
+        const size_t tiles = (size_t)B * H * ceil_div(T, KV::BT);
+        const FahDqScratch scratch = fah_dq_scratch(tiles * KV::BT * HS, tiles);
         const unsigned blocks = (unsigned)(ceil_div(T, 64 * KV::NWG) * B * H);
         fah_backward_dkdv_kernel<HS, KV><<<blocks, KV::NWG * 128, smem_kv, stream>>>(
             dqkv, delta, dout, qkv, lse, T, H, scale, map_qkv, map_do, scratch.acc, scratch.sems);
